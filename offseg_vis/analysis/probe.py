@@ -1,0 +1,287 @@
+"""Run a segmentor once on a few images and keep, per image, what its classifier computed.
+
+``probe`` is the single entry point the notebooks, the figures and the Gradio app use to look inside a
+model. It calls ``Segmentor.forward(images, return_intermediates=True)`` once per group of equally sized
+images (one forward pass, no hooks, no private attributes) and turns the batched
+:class:`~offseg_vis.models.offset_learning.ClassifierOutput` into one :class:`ImageProbe` of numpy
+arrays per image.
+
+Resolutions: "input" = the image's own (H, W); "feature" = the classifier's grid (h, w), i.e. the head's
+output stride applied to the (possibly padded) input. Feature-level arrays are kept on the full grid,
+including any padding the backbone needed; ``input_size`` and ``padded_size`` say how the two relate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from offseg_vis.errors import InputError
+
+IGNORE_INDEX = 255
+
+
+@dataclass
+class ImageProbe:
+    """Everything one forward pass revealed about one image (numpy arrays, float32 unless noted).
+
+    Attributes:
+        image: (H, W, 3) uint8, the input.
+        label: (H, W) int64 ground truth (``IGNORE_INDEX`` = unlabelled), or None.
+        prediction: (H, W) int64, argmax of the final logits upsampled to the input size.
+        prediction_before_offsets: (H, W) int64, argmax of ``logits_without_offsets`` upsampled the same
+            way: what the classifier would have said with ΔW = ΔE = 0. Equals ``prediction`` for the
+            per-pixel (linear) classifier.
+        logits: (K, h, w) final class scores at feature resolution.
+        logits_without_offsets: (K, h, w) the classifier's scores with both offsets zero.
+        features: E, (h, w, C) pixel features fed to the classifier.
+        class_embed: W, (K, C) the learned class representations (shared by all images).
+        feature_offset: ΔE (h, w, C); offset models only, else None.
+        refined_features: E' = E + ΔE (h, w, C); offset models only.
+        class_offset: ΔW (K, C), this image's class offset; offset models only.
+        refined_class_embed: W' = W + ΔW (K, C); offset models only.
+        class_attention: (K, h, w) softmax over pixels of A = E·Wᵀ (each map sums to 1); offset models only.
+        position_attention: (h, w, K) softmax over classes of A (each pixel sums to 1); offset models only.
+        is_offset_model: True when the classifier is Offset Learning.
+        input_size: (H, W) of the image.
+        padded_size: (Hp, Wp) of the canvas the backbone saw (= input_size unless it needed padding).
+    """
+
+    image: np.ndarray
+    label: np.ndarray | None
+    prediction: np.ndarray
+    prediction_before_offsets: np.ndarray
+    logits: np.ndarray
+    logits_without_offsets: np.ndarray
+    features: np.ndarray
+    class_embed: np.ndarray
+    is_offset_model: bool
+    input_size: tuple[int, int]
+    padded_size: tuple[int, int]
+    feature_offset: np.ndarray | None = None
+    refined_features: np.ndarray | None = None
+    class_offset: np.ndarray | None = None
+    refined_class_embed: np.ndarray | None = None
+    class_attention: np.ndarray | None = None
+    position_attention: np.ndarray | None = None
+
+    @property
+    def num_classes(self) -> int:
+        """K."""
+        return int(self.class_embed.shape[0])
+
+    @property
+    def feature_size(self) -> tuple[int, int]:
+        """(h, w) of the classifier's grid."""
+        return (int(self.features.shape[0]), int(self.features.shape[1]))
+
+    @property
+    def embed_dims(self) -> int:
+        """C."""
+        return int(self.features.shape[2])
+
+
+def _as_hwc_uint8_list(images: Sequence[np.ndarray] | np.ndarray | Tensor) -> list[np.ndarray]:
+    """Accept a list of (H, W, 3) uint8 arrays, or a batch array/tensor (B, H, W, 3) or (B, 3, H, W)."""
+    if isinstance(images, Tensor):
+        images = images.detach().cpu().numpy()
+    if isinstance(images, np.ndarray):
+        if images.ndim == 3:
+            images = images[None]
+        if images.ndim != 4:
+            raise InputError(
+                f"probe expects images as (B, H, W, 3) or (B, 3, H, W), got an array of shape {images.shape}."
+            )
+        if images.shape[-1] != 3 and images.shape[1] == 3:
+            images = images.transpose(0, 2, 3, 1)  # (B, 3, H, W) -> (B, H, W, 3)
+        images = list(images)
+    out = []
+    for i, img in enumerate(images):
+        img = np.asarray(img)
+        if img.ndim != 3 or img.shape[2] != 3:
+            raise InputError(f"Image {i} has shape {img.shape}; probe needs RGB images of shape (H, W, 3).")
+        if img.dtype != np.uint8:
+            raise InputError(
+                f"Image {i} has dtype {img.dtype}; probe needs uint8 RGB in [0, 255] "
+                "(convert with np.clip(x, 0, 255).astype(np.uint8))."
+            )
+        out.append(img)
+    if not out:
+        raise InputError("probe got no images; pass at least one (H, W, 3) uint8 array.")
+    return out
+
+
+def _check_labels(labels, images: list[np.ndarray]) -> list[np.ndarray | None]:
+    if labels is None:
+        return [None] * len(images)
+    labels = list(labels)
+    if len(labels) != len(images):
+        raise InputError(f"probe got {len(images)} images but {len(labels)} labels; give one label per image.")
+    out = []
+    for i, (lab, img) in enumerate(zip(labels, images)):
+        if lab is None:
+            out.append(None)
+            continue
+        lab = np.asarray(lab.cpu() if isinstance(lab, Tensor) else lab).astype(np.int64)
+        if lab.shape != img.shape[:2]:
+            raise InputError(f"Label {i} has shape {lab.shape} but its image is {img.shape[:2]}; they must match.")
+        out.append(lab)
+    return out
+
+
+def upsample_to_input(
+    logits: Tensor, input_size: tuple[int, int], padded_size: tuple[int, int]
+) -> Tensor:
+    """(B, K, h, w) logits -> (B, K, H, W): bilinear to the padded canvas, then crop the real image."""
+    logits = F.interpolate(logits, size=padded_size, mode="bilinear", align_corners=False)
+    return logits[..., : input_size[0], : input_size[1]]
+
+
+def _padded_size(model: nn.Module, size: tuple[int, int]) -> tuple[int, int]:
+    divisor = getattr(getattr(model, "backbone", None), "size_divisor", 1)
+    return (size[0] + (-size[0]) % divisor, size[1] + (-size[1]) % divisor)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _grid(x: Tensor | None, size: tuple[int, int]) -> np.ndarray | None:
+    """(N, D) flattened per-pixel tensor -> (h, w, D) float32 numpy."""
+    if x is None:
+        return None
+    return x.reshape(*size, x.shape[-1]).float().cpu().numpy()  # (h, w, D)
+
+
+def _np(x: Tensor | None) -> np.ndarray | None:
+    return None if x is None else x.float().cpu().numpy()
+
+
+def probe(
+    model: nn.Module,
+    images: Sequence[np.ndarray] | np.ndarray | Tensor,
+    labels: Sequence[np.ndarray | None] | None = None,
+    batch_size: int = 8,
+) -> list[ImageProbe]:
+    """Run ``model`` (a Segmentor) on uint8 images and return one :class:`ImageProbe` per image.
+
+    Args:
+        model: a :class:`~offseg_vis.models.segmentor.Segmentor` (anything with ``normalize`` and
+            ``forward(x, return_intermediates=True) -> SegmentorOutput``). It is put in eval mode for the
+            call and restored afterwards.
+        images: list of (H, W, 3) uint8 arrays (sizes may differ), or a (B, H, W, 3) / (B, 3, H, W)
+            uint8 array or tensor.
+        labels: optional list of (H, W) integer masks, one per image (None entries allowed).
+        batch_size: images per forward pass (equally sized images are batched together).
+
+    Returns:
+        list of ImageProbe in the order of ``images``.
+    """
+    imgs = _as_hwc_uint8_list(images)
+    labs = _check_labels(labels, imgs)
+    device = _model_device(model)
+    results: list[ImageProbe | None] = [None] * len(imgs)
+    # Group equal sizes so each group is one batched forward pass.
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, img in enumerate(imgs):
+        groups.setdefault(img.shape[:2], []).append(i)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for size, indices in groups.items():
+                for start in range(0, len(indices), batch_size):
+                    chunk = indices[start : start + batch_size]
+                    batch = torch.from_numpy(np.stack([imgs[i] for i in chunk])).to(device)
+                    batch = batch.permute(0, 3, 1, 2)  # (B, H, W, 3) -> (B, 3, H, W)
+                    out = model(model.normalize(batch), return_intermediates=True)
+                    for j, probe_ in enumerate(_split_output(model, out, size, [imgs[i] for i in chunk],
+                                                             [labs[i] for i in chunk])):
+                        results[chunk[j]] = probe_
+    finally:
+        model.train(was_training)
+    return results  # type: ignore[return-value]
+
+
+def _split_output(model, out, size, images, labels) -> list[ImageProbe]:
+    """Batched SegmentorOutput -> one ImageProbe per image."""
+    cls = out.classifier
+    padded = _padded_size(model, size)
+    fsize = tuple(cls.spatial_size) if cls.spatial_size is not None else tuple(out.logits.shape[-2:])
+    b, k = out.logits.shape[:2]
+    before = cls.logits_without_offsets.transpose(1, 2).reshape(b, k, *fsize)  # (B, N, K) -> (B, K, h, w)
+    pred = upsample_to_input(out.logits.float(), size, padded).argmax(1)  # (B, H, W)
+    pred_before = upsample_to_input(before.float(), size, padded).argmax(1)  # (B, H, W)
+    is_offset = cls.feature_offset is not None
+    probes = []
+    for i in range(b):
+        w = cls.class_embed
+        probes.append(
+            ImageProbe(
+                image=images[i],
+                label=labels[i],
+                prediction=pred[i].cpu().numpy().astype(np.int64),
+                prediction_before_offsets=pred_before[i].cpu().numpy().astype(np.int64),
+                logits=_np(out.logits[i]),
+                logits_without_offsets=_np(before[i]),
+                features=_grid(cls.features[i], fsize),
+                class_embed=_np(w if w.dim() == 2 else w[i]),
+                is_offset_model=is_offset,
+                input_size=tuple(size),
+                padded_size=padded,
+                feature_offset=_grid(cls.feature_offset[i], fsize) if is_offset else None,
+                refined_features=_grid(cls.refined_features[i], fsize) if is_offset else None,
+                class_offset=_np(cls.class_offset[i]) if is_offset else None,
+                refined_class_embed=_np(cls.refined_class_embed[i]) if is_offset else None,
+                class_attention=(
+                    _grid(cls.class_attention[i], fsize).transpose(2, 0, 1) if is_offset else None  # (K, h, w)
+                ),
+                position_attention=_grid(cls.position_attention[i], fsize) if is_offset else None,
+            )
+        )
+    return probes
+
+
+def label_at_features(
+    label: np.ndarray,
+    feature_size: tuple[int, int],
+    padded_size: tuple[int, int] | None = None,
+    num_classes: int | None = None,
+    ignore_index: int = IGNORE_INDEX,
+) -> np.ndarray:
+    """Downsample an (H, W) label to the classifier grid (h, w) by majority vote inside each cell.
+
+    Each feature cell takes the most frequent value among the label pixels it covers (area pooling of
+    the one-hot label, ``ignore_index`` counted as its own value); padding added for the backbone counts
+    as ignore. Returns (h, w) int64 with ``ignore_index`` where ignore wins.
+    """
+    label = np.asarray(label).astype(np.int64)
+    h_in, w_in = label.shape
+    if padded_size is not None and tuple(padded_size) != (h_in, w_in):
+        canvas = np.full(padded_size, ignore_index, dtype=np.int64)
+        canvas[:h_in, :w_in] = label
+        label = canvas
+    valid = (label != ignore_index) & (label >= 0)
+    k = int(num_classes if num_classes is not None else (label[valid].max() + 1 if valid.any() else 1))
+    if valid.any() and label[valid].max() >= k:
+        raise InputError(f"Label values go up to {label[valid].max()} but the model has {k} classes.")
+    codes = np.where(valid, label, k)  # ignore -> extra channel k
+    one_hot = F.one_hot(torch.from_numpy(codes), k + 1).permute(2, 0, 1).float()  # (K+1, Hp, Wp)
+    share = F.adaptive_avg_pool2d(one_hot[None], feature_size)[0]  # (K+1, h, w)
+    winner = share.argmax(0).numpy().astype(np.int64)
+    winner[winner == k] = ignore_index
+    return winner
+
+
+def label_probe_at_features(p: ImageProbe, ignore_index: int = IGNORE_INDEX) -> np.ndarray | None:
+    """The probe's label at its feature resolution (see :func:`label_at_features`), or None."""
+    if p.label is None:
+        return None
+    return label_at_features(p.label, p.feature_size, p.padded_size, p.num_classes, ignore_index)

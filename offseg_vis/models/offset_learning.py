@@ -1,0 +1,299 @@
+"""Offset Learning (OffSeg, ICCV 2025) and the per-pixel classifier it replaces.
+
+Both classifiers map a decoder feature map x (B, C, H, W) to class logits (B, K, H, W) and share
+one call signature, ``forward(x, return_intermediates=False)``, so every head can switch between
+them by name (see :func:`build_classifier`).
+
+Notation (spec §1.2): E = pixel features (B, N, C) with N = H*W flattened row-major (h*W + w);
+W = class representations (K, C); A = E·Wᵀ (B, N, K) the coupled logits (no scaling).
+
+    class side:    ΔW = P_cls( softmax_N(A)ᵀ · E )     (B, K, C)     W' = W + ΔW
+    pixel side:    ΔE = P_feat( softmax_K(A) · W )     (B, N, C)     E' = E + ΔE
+    logits       = LayerNorm_K( E' · W'ᵀ )             (B, N, K) -> (B, K, H, W)
+
+Both offsets are computed in parallel from the un-offset E and W (no iteration).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+LOGIT_NORMS = ("layernorm", "scaled_layernorm", "none")
+
+
+@dataclass
+class ClassifierOutput:
+    """What a classifier computed. Per-pixel tensors use the flattened layout (B, N, ·), N = H*W.
+
+    Attributes:
+        logits: final class scores (B, K, H, W).
+        features: E, the classifier's input features (B, N, C).
+        class_embed: W, the learned class representations (K, C).
+        coupled_logits: A = E·Wᵀ (B, N, K) (for the linear classifier: the logits without bias).
+        logits_without_offsets: the classifier's output had both offsets been zero, (B, N, K):
+            norm(A) for Offset Learning, A + bias for the linear classifier. Its argmax is the
+            "before offsets" prediction of the correction map.
+        class_attention: softmax over pixels of A, (B, N, K); column k is class k's spatial map.
+        position_attention: softmax over classes of A, (B, N, K); row n is pixel n's class mix.
+        class_prototypes: softmax_N(A)ᵀ·E (B, K, C), the input of the class-offset projection.
+        class_offset: ΔW (B, K, C).
+        feature_offset: ΔE (B, N, C).
+        refined_class_embed: W' = W + ΔW (B, K, C).
+        refined_features: E' = E + ΔE (B, N, C).
+        logits_before_norm: E'·W'ᵀ (B, N, K).
+        spatial_size: (H, W) of the feature map, to reshape the (B, N, ·) tensors.
+    """
+
+    logits: Tensor
+    features: Tensor | None = None
+    class_embed: Tensor | None = None
+    coupled_logits: Tensor | None = None
+    logits_without_offsets: Tensor | None = None
+    class_attention: Tensor | None = None
+    position_attention: Tensor | None = None
+    class_prototypes: Tensor | None = None
+    class_offset: Tensor | None = None
+    feature_offset: Tensor | None = None
+    refined_class_embed: Tensor | None = None
+    refined_features: Tensor | None = None
+    logits_before_norm: Tensor | None = None
+    spatial_size: tuple[int, int] | None = None
+
+    def detach(self) -> ClassifierOutput:
+        """A copy with every tensor detached from the autograd graph."""
+        values = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            values[f.name] = v.detach() if isinstance(v, Tensor) else v
+        return ClassifierOutput(**values)
+
+
+def _flatten_pixels(x: Tensor) -> Tensor:
+    """(B, C, H, W) -> (B, N, C) with N = H*W, row-major."""
+    return x.flatten(2).transpose(1, 2)
+
+
+def _unflatten_logits(logits: Tensor, size: tuple[int, int]) -> Tensor:
+    """(B, N, K) -> (B, K, H, W)."""
+    b, _, k = logits.shape
+    return logits.transpose(1, 2).reshape(b, k, *size)
+
+
+class OffsetLearning(nn.Module):
+    """The Offset Learning classifier.
+
+    Parameter names follow the official module so its checkpoints load without renaming:
+    ``cls_repr`` (1, K, C), ``cls_offset_proj.weight`` / ``feat_offset_proj.weight`` (C, C) and
+    ``mask_norm.{weight,bias}`` (K). Parameters: K·C + 2C² + 2K (169,772 at K=150, C=256).
+
+    Args:
+        num_classes: K.
+        embed_dims: C, the channel count of the input features.
+        class_offsets: learn ΔW (False gives the paper's "FO only" ablation, ΔW = 0).
+        feature_offsets: learn ΔE (False gives "CO only", ΔE = 0).
+        logit_norm: "layernorm" (the paper's code), or our own variants, NOT the paper's:
+            "scaled_layernorm" (LayerNorm followed by a learnable scalar logit scale, init 1) and
+            "none" (raw E'·W'ᵀ).
+        init_std: trunc-normal std of ``cls_repr`` and both projections.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        embed_dims: int,
+        class_offsets: bool = True,
+        feature_offsets: bool = True,
+        logit_norm: str = "layernorm",
+        init_std: float = 0.02,
+    ) -> None:
+        super().__init__()
+        if logit_norm not in LOGIT_NORMS:
+            raise ValueError(f"logit_norm must be one of {LOGIT_NORMS}, got {logit_norm!r}.")
+        self.num_classes = num_classes
+        self.embed_dims = embed_dims
+        self.class_offsets = class_offsets
+        self.feature_offsets = feature_offsets
+        self.logit_norm = logit_norm
+        self.cls_repr = nn.Parameter(torch.empty(1, num_classes, embed_dims))
+        # Ablated branches have no projection at all, so no parameter sits there unused.
+        self.cls_offset_proj = nn.Linear(embed_dims, embed_dims, bias=False) if class_offsets else None
+        self.feat_offset_proj = nn.Linear(embed_dims, embed_dims, bias=False) if feature_offsets else None
+        self.mask_norm = nn.LayerNorm(num_classes, eps=1e-5) if logit_norm != "none" else None
+        self.logit_scale = nn.Parameter(torch.ones(())) if logit_norm == "scaled_layernorm" else None
+        self.reset_parameters(init_std)
+
+    def reset_parameters(self, init_std: float = 0.02) -> None:
+        nn.init.trunc_normal_(self.cls_repr, std=init_std)
+        for proj in (self.cls_offset_proj, self.feat_offset_proj):
+            if proj is not None:
+                nn.init.trunc_normal_(proj.weight, std=init_std)
+        if self.mask_norm is not None:
+            self.mask_norm.reset_parameters()
+
+    @property
+    def class_embed(self) -> Tensor:
+        """W, the learned class representations (K, C)."""
+        return self.cls_repr[0]
+
+    def _normalise(self, scores: Tensor) -> Tensor:
+        """Class-score normalisation over the last axis K; (B, N, K) -> (B, N, K)."""
+        if self.mask_norm is None:
+            return scores
+        scores = self.mask_norm(scores)
+        if self.logit_scale is not None:
+            scores = scores * self.logit_scale
+        return scores
+
+    def forward(self, x: Tensor, return_intermediates: bool = False) -> Tensor | ClassifierOutput:
+        """x (B, C, H, W) -> logits (B, K, H, W), or a :class:`ClassifierOutput` with every
+        intermediate when ``return_intermediates`` is True.
+
+        Without intermediates and without autograd, the fused path is used: it gives the same
+        logits but never materialises ΔE or E' as (B, N, C) tensors.
+        """
+        if x.dim() != 4 or x.shape[1] != self.embed_dims:
+            raise ValueError(
+                f"OffsetLearning expects features of shape (B, {self.embed_dims}, H, W), "
+                f"got {tuple(x.shape)}."
+            )
+        size = (x.shape[2], x.shape[3])
+        if not return_intermediates and not (torch.is_grad_enabled() and self._needs_grad(x)):
+            return _unflatten_logits(self.fused_scores(x), size)
+        out = self.full_forward(x)
+        return out if return_intermediates else out.logits
+
+    def _needs_grad(self, x: Tensor) -> bool:
+        return x.requires_grad or any(p.requires_grad for p in self.parameters())
+
+    def full_forward(self, x: Tensor) -> ClassifierOutput:
+        """The plain path: x (B, C, H, W) -> ClassifierOutput with every intermediate."""
+        size = (x.shape[2], x.shape[3])
+        e = _flatten_pixels(x)  # (B, N, C)
+        w = self.class_embed  # (K, C)
+        a = e @ w.t()  # (B, N, K) coupled logits
+        # Softmax over pixels taken on the (B, K, N) view: the official operation order, which
+        # keeps our results bit-close to the reference vectors.
+        class_attn_kn = a.transpose(1, 2).softmax(dim=-1)  # (B, K, N)
+        class_attn = class_attn_kn.transpose(1, 2)  # (B, N, K)
+        pos_attn = a.softmax(dim=2)  # over classes K
+
+        prototypes = class_attn_kn @ e  # (B, K, C)
+        if self.cls_offset_proj is not None:
+            d_w = self.cls_offset_proj(prototypes)
+        else:
+            d_w = torch.zeros_like(prototypes)
+        context = pos_attn @ w  # (B, N, C)
+        if self.feat_offset_proj is not None:
+            d_e = self.feat_offset_proj(context)
+        else:
+            d_e = torch.zeros_like(context)
+        w_ref = w.unsqueeze(0) + d_w  # (B, K, C)
+        e_ref = e + d_e  # (B, N, C)
+        scores = e_ref @ w_ref.transpose(1, 2)  # (B, N, K)
+        logits = self._normalise(scores)
+        return ClassifierOutput(
+            logits=_unflatten_logits(logits, size),
+            features=e,
+            class_embed=w,
+            coupled_logits=a,
+            logits_without_offsets=self._normalise(a),
+            class_attention=class_attn,
+            position_attention=pos_attn,
+            class_prototypes=prototypes,
+            class_offset=d_w,
+            feature_offset=d_e,
+            refined_class_embed=w_ref,
+            refined_features=e_ref,
+            logits_before_norm=scores,
+            spatial_size=size,
+        )
+
+    def fused_scores(self, x: Tensor) -> Tensor:
+        """Normalised scores (B, N, K) without forming ΔE or E'.
+
+        (E + ΔE)·W'ᵀ = E·W'ᵀ + softmax_K(A)·(W·P_featᵀ·W'ᵀ), and the bracket is only (B, K, K).
+        """
+        e = _flatten_pixels(x)  # (B, N, C)
+        w = self.class_embed  # (K, C)
+        a = e @ w.t()  # (B, N, K)
+        if self.cls_offset_proj is not None:
+            prototypes = a.transpose(1, 2).softmax(dim=-1) @ e  # (B, K, C)
+            w_ref = w.unsqueeze(0) + self.cls_offset_proj(prototypes)  # (B, K, C)
+        else:
+            w_ref = w.unsqueeze(0).expand(e.shape[0], -1, -1)
+        scores = e @ w_ref.transpose(1, 2)  # (B, N, K)
+        if self.feat_offset_proj is not None:
+            # F.linear, not the module call: a parameter view through module hooks upsets
+            # FlopCounterMode under no_grad.
+            w_proj = F.linear(w, self.feat_offset_proj.weight)  # (K, C) = W·P_featᵀ
+            class_mix = w_proj.unsqueeze(0) @ w_ref.transpose(1, 2)  # (B, K, K)
+            scores = torch.baddbmm(scores, a.softmax(dim=2), class_mix)
+        return self._normalise(scores)
+
+
+class LinearClassifier(nn.Module):
+    """The per-pixel baseline: a 1×1 convolution, logits = E·Wᵀ + b.
+
+    Same call signature and result type as :class:`OffsetLearning`; the offset fields stay None.
+    ``weight`` is W (K, C) and ``bias`` (K).
+    """
+
+    def __init__(self, num_classes: int, embed_dims: int, init_std: float = 0.01) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.embed_dims = embed_dims
+        self.weight = nn.Parameter(torch.empty(num_classes, embed_dims))
+        self.bias = nn.Parameter(torch.zeros(num_classes))
+        nn.init.normal_(self.weight, std=init_std)
+
+    @property
+    def class_embed(self) -> Tensor:
+        return self.weight
+
+    def forward(self, x: Tensor, return_intermediates: bool = False) -> Tensor | ClassifierOutput:
+        """x (B, C, H, W) -> logits (B, K, H, W) or a ClassifierOutput."""
+        if x.dim() != 4 or x.shape[1] != self.embed_dims:
+            raise ValueError(
+                f"LinearClassifier expects features of shape (B, {self.embed_dims}, H, W), "
+                f"got {tuple(x.shape)}."
+            )
+        if not return_intermediates:
+            return F.conv2d(x, self.weight[:, :, None, None], self.bias)
+        size = (x.shape[2], x.shape[3])
+        e = _flatten_pixels(x)  # (B, N, C)
+        a = e @ self.weight.t()  # (B, N, K)
+        scores = a + self.bias
+        return ClassifierOutput(
+            logits=_unflatten_logits(scores, size),
+            features=e,
+            class_embed=self.weight,
+            coupled_logits=a,
+            logits_without_offsets=scores,
+            logits_before_norm=scores,
+            spatial_size=size,
+        )
+
+
+CLASSIFIERS = ("offset", "linear")
+
+
+def build_classifier(name: str, num_classes: int, embed_dims: int, **options) -> nn.Module:
+    """Build the classifier that ends every head.
+
+    Args:
+        name: "offset" (OffsetLearning) or "linear" (per-pixel 1×1 conv).
+        num_classes, embed_dims: K and C.
+        options: passed to OffsetLearning (class_offsets, feature_offsets, logit_norm); the
+            linear classifier accepts none.
+    """
+    if name == "offset":
+        return OffsetLearning(num_classes, embed_dims, **options)
+    if name == "linear":
+        if options:
+            raise ValueError(f"The linear classifier takes no options, got {sorted(options)}.")
+        return LinearClassifier(num_classes, embed_dims)
+    raise ValueError(f"Unknown classifier {name!r}; choose one of {CLASSIFIERS}.")
