@@ -1,0 +1,736 @@
+"""The training loop: one process or many (torchrun), CPU or CUDA, resumable, with periodic evaluation.
+
+``train(config)`` runs a whole schedule and returns a :class:`TrainResult`. Under
+``torchrun --nproc_per_node N -m offseg_vis.cli train ...`` each process runs the same function: it
+joins the process group (nccl on GPU, gloo on CPU), reads its shard of every global batch, and only
+rank 0 writes logs and checkpoints.
+
+Recipe (spec §3.2): AdamW; parameters under ``decode_head.`` get lr x ``head_lr_mult``; parameter
+names containing "norm" or "pos_block" — and, by our choice, every parameter of a BatchNorm /
+GroupNorm / LayerNorm whatever its name — get no weight decay (biases and ``cls_repr`` keep it, as
+in the official config); linear warm-up from 1e-6 x lr, then poly decay to ``min_lr``.
+
+Exact resume: the data order is a pure function of (seed, epoch), the augmentation of sample i a
+pure function of (seed, epoch, i), and the optimiser, scheduler, scaler and RNG states are saved, so
+a resumed run continues bit for bit where the last checkpoint left it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from offseg_vis.engine.checkpoint import (
+    checkpoint_weights,
+    git_commit,
+    load_training_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    state_path,
+)
+from offseg_vis.engine.config import Config, save_config
+from offseg_vis.engine.evaluate import SegMetrics, evaluate
+from offseg_vis.errors import ConfigError, OffSegError
+from offseg_vis.models.weights import describe_model, load_weights, unwrap_model
+
+log = logging.getLogger("offseg_vis.train")
+
+NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+class NonFiniteLossError(OffSegError):
+    """The training loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
+
+
+# ----------------------------------------------------------------------------------------------
+# optimiser and schedule
+
+
+def param_groups(model: nn.Module, cfg) -> list[dict[str, Any]]:
+    """AdamW parameter groups: (backbone | head) x (decay | no decay).
+
+    Args:
+        model: the bare model (parameter names as in its state dict).
+        cfg: :class:`~offseg_vis.engine.config.OptimConfig`.
+
+    Returns:
+        Non-empty groups with ``lr``, ``weight_decay`` and a ``name`` for the log.
+    """
+    norm_params = set()
+    if cfg.no_decay_norm_layers:
+        for module in model.modules():
+            if isinstance(module, NORM_LAYERS):
+                norm_params.update(id(p) for p in module.parameters(recurse=False))
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_head = name.startswith(cfg.head_prefix)
+        no_decay = any(key in name for key in cfg.no_decay_keys) or id(param) in norm_params
+        groups.setdefault((is_head, no_decay), []).append(param)
+    result = []
+    for (is_head, no_decay), params in sorted(groups.items()):
+        result.append(
+            {
+                "params": params,
+                "lr": cfg.lr * (cfg.head_lr_mult if is_head else 1.0),
+                "weight_decay": 0.0 if no_decay else cfg.weight_decay,
+                "name": f"{'head' if is_head else 'backbone'}{'_no_decay' if no_decay else ''}",
+            }
+        )
+    return result
+
+
+def build_optimizer(model: nn.Module, cfg) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups`."""
+    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+
+
+class WarmupPolyFactor:
+    """lr factor at optimiser step ``s`` (0-based): linear warm-up, then poly decay.
+
+    warm-up (s < W):  f = a + (1 - a) * s / W
+    after:            f = m + (1 - m) * (1 - (s - W) / (T - W)) ** p,   m = min_lr / base_lr
+
+    A plain object (not a closure) so LambdaLR can save and restore it.
+    """
+
+    def __init__(self, max_iters: int, warmup_iters: int, start_factor: float, power: float, min_ratio: float):
+        self.max_iters = int(max_iters)
+        self.warmup_iters = int(warmup_iters)
+        self.start_factor = float(start_factor)
+        self.power = float(power)
+        self.min_ratio = float(min_ratio)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_iters:
+            return self.start_factor + (1.0 - self.start_factor) * step / self.warmup_iters
+        span = max(1, self.max_iters - self.warmup_iters)
+        progress = min(1.0, (step - self.warmup_iters) / span)
+        return self.min_ratio + (1.0 - self.min_ratio) * (1.0 - progress) ** self.power
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg) -> torch.optim.lr_scheduler.LambdaLR:
+    """LambdaLR with one :class:`WarmupPolyFactor` per group; ``cfg`` is a ScheduleConfig."""
+    factors = []
+    for group in optimizer.param_groups:
+        base = group["lr"]
+        min_ratio = cfg.min_lr / base if base > 0 else 0.0
+        factors.append(
+            WarmupPolyFactor(cfg.max_iters, cfg.warmup_iters, cfg.warmup_start_factor, cfg.poly_power, min_ratio)
+        )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+
+
+class ResumableDistributedSampler(DistributedSampler):
+    """DistributedSampler that yields ``(epoch, index)`` pairs and can skip the start of an epoch.
+
+    The shuffled order is a pure function of (seed, epoch) and identical on every rank; rank r takes
+    positions r, r + world, ... so the union of the ranks' b-th batches is the b-th global batch of a
+    single process with the global batch size. ``start_index`` skips samples already consumed
+    (exact resume in the middle of an epoch). Yielding the epoch with the index lets the dataset
+    follow the epoch even inside persistent DataLoader workers.
+    """
+
+    def __init__(self, dataset, num_replicas: int, rank: int, seed: int, shuffle: bool = True):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
+        self.start_index = 0
+
+    def __iter__(self):
+        epoch = self.epoch
+        for position, index in enumerate(super().__iter__()):
+            if position >= self.start_index:
+                yield (epoch, index)
+
+    def __len__(self) -> int:
+        return max(0, self.num_samples - self.start_index)
+
+
+class EpochIndexedDataset(torch.utils.data.Dataset):
+    """Wraps a TransformedDataset: item ``(epoch, i)`` -> (image (3, H, W), mask (H, W), i)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self._epoch = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        if epoch != self._epoch and hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+            self._epoch = epoch
+        image, mask = self.dataset[index][:2]
+        return image, mask, index
+
+
+def _pair(v) -> tuple[int, int] | None:
+    if v is None:
+        return None
+    if isinstance(v, int):
+        return (v, v)
+    return (int(v[0]), int(v[1]))
+
+
+def build_datasets(config: Config, train_raw=None, val_raw=None):
+    """(train TransformedDataset, raw val dataset, val transform, class names, palette)."""
+    from offseg_vis.data.datasets import build_dataset
+    from offseg_vis.data.transforms import TestTransform, TrainTransform, TransformedDataset
+
+    d = config.data
+    if train_raw is None:
+        train_raw = build_dataset(d.dataset, root=d.root, split=d.train_split, **{**d.dataset_options,
+                                                                                  **d.train_options})
+    if val_raw is None:
+        val_raw = build_dataset(d.dataset, root=d.root, split=d.val_split, **{**d.dataset_options, **d.val_options})
+    transform = TrainTransform(
+        crop_size=_pair(d.crop_size),
+        scale=_pair(d.scale),
+        ratio_range=tuple(d.ratio_range),
+        cat_max_ratio=d.cat_max_ratio,
+        flip_prob=d.flip_prob,
+        photometric=d.photometric,
+    )
+    train_ds = TransformedDataset(train_raw, transform, seed=config.runtime.seed)
+    val_transform = TestTransform(scale=_pair(config.test.scale))
+    classes = list(getattr(train_raw, "classes", None) or getattr(val_raw, "classes", None) or [])
+    palette = getattr(train_raw, "palette", None) or getattr(val_raw, "palette", None)
+    return train_ds, val_raw, val_transform, classes, palette
+
+
+def _batch_names(dataset, indices: Sequence[int]) -> list[str]:
+    names = []
+    for i in indices:
+        try:
+            names.append(str(dataset.name(int(i))))
+        except Exception:  # a dataset without names: the index is still useful
+            names.append(f"#{int(i)}")
+    return names
+
+
+# ----------------------------------------------------------------------------------------------
+# runtime: devices, processes, logging
+
+
+@dataclass
+class DistInfo:
+    """Where this process sits: rank, world size, local rank, device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    created_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _resolve_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("runtime.device asks for CUDA but no CUDA device is available; use runtime.device=cpu.")
+        if device.index is None:
+            device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    return device
+
+
+def setup_distributed(device_name: str) -> DistInfo:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); pick the device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = _resolve_device(device_name, local_rank)
+    created = False
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world)
+        created = True
+    if dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    return DistInfo(rank, world, local_rank, device, created)
+
+
+def _amp_setup(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, use a GradScaler)."""
+    if amp not in ("auto", "bf16", "fp16", "off"):
+        raise ConfigError(f"runtime.amp must be auto, bf16, fp16 or off, got {amp!r}.")
+    if device.type != "cuda" or amp == "off":
+        return None, False
+    if amp == "auto":
+        amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return (torch.bfloat16, False) if amp == "bf16" else (torch.float16, True)
+
+
+class RunLogger:
+    """Human log (console via tqdm.write + train.log) and machine log (log.jsonl, TensorBoard).
+
+    Only the main process writes anything.
+    """
+
+    def __init__(self, work_dir: Path | None, enabled: bool, tensorboard: bool):
+        self.enabled = enabled
+        self.work_dir = work_dir
+        self.tb = None
+        if enabled and work_dir is not None and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(work_dir / "tensorboard"))
+            except Exception:  # tensorboard is optional
+                self.tb = None
+
+    def info(self, message: str) -> None:
+        if not self.enabled:
+            return
+        from tqdm.auto import tqdm
+
+        tqdm.write(message, file=sys.stderr)
+        log.info(message)
+        if self.work_dir is not None:
+            with open(self.work_dir / "train.log", "a", encoding="utf-8") as f:
+                f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + message + "\n")
+
+    def record(self, entry: dict[str, Any]) -> None:
+        if not self.enabled or self.work_dir is None:
+            return
+        entry = {"time": round(time.time(), 3), **entry}
+        with open(self.work_dir / "log.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+        if self.tb is not None:
+            step = entry.get("step", 0)
+            prefix = entry.get("type", "train")
+            for key, value in entry.items():
+                if isinstance(value, int | float) and key not in ("step", "time"):
+                    self.tb.add_scalar(f"{prefix}/{key}", value, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# the run
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced.
+
+    Attributes:
+        work_dir: the run folder (None when nothing was written, i.e. on ranks > 0).
+        checkpoint: best weights by mIoU (the last ones when no evaluation ran).
+        last_checkpoint, best_checkpoint: both weights files.
+        steps: optimiser steps done.
+        losses: (step, loss) of every step of this process (resumed runs include the saved history).
+        evals: one dict per evaluation: step, mIoU, aAcc, mAcc.
+        best_miou: best evaluated mIoU (NaN without evaluation).
+        final_metrics: metrics of the last evaluation.
+        images_per_second: training throughput of the whole job (all processes).
+    """
+
+    work_dir: Path | None
+    checkpoint: Path | None
+    last_checkpoint: Path | None
+    best_checkpoint: Path | None
+    steps: int
+    losses: list[tuple[int, float]]
+    evals: list[dict[str, Any]]
+    best_miou: float
+    final_metrics: SegMetrics | None
+    images_per_second: float
+
+    @property
+    def history(self) -> dict[str, list]:
+        """{"step", "loss"} per step and {"eval_step", "mIoU"} per evaluation, ready to plot."""
+        return {
+            "step": [s for s, _ in self.losses],
+            "loss": [v for _, v in self.losses],
+            "eval_step": [e["step"] for e in self.evals],
+            "mIoU": [e["mIoU"] for e in self.evals],
+        }
+
+
+def _resolve_work_dir(config: Config, work_dir: str | os.PathLike | None) -> Path:
+    if work_dir is not None:
+        return Path(work_dir)
+    if config.runtime.work_dir:
+        return Path(config.runtime.work_dir)
+    return Path("runs") / config.name
+
+
+def _build_model(config: Config) -> nn.Module:
+    from offseg_vis.models.zoo import build_model
+
+    m = config.model
+    return build_model(
+        m.name,
+        num_classes=m.num_classes,
+        classifier=m.classifier,
+        pretrained=m.pretrained,
+        classifier_options=dict(m.classifier_options) or None,
+        **m.options,
+    )
+
+
+def _check_classes(config: Config, classes: list[str]) -> None:
+    if classes and len(classes) != config.model.num_classes:
+        raise ConfigError(
+            f"The dataset {config.data.dataset!r} has {len(classes)} classes but model.num_classes is "
+            f"{config.model.num_classes}; set model.num_classes={len(classes)}."
+        )
+
+
+def train(
+    config: Config,
+    *,
+    resume: bool = False,
+    work_dir: str | os.PathLike | None = None,
+    model: nn.Module | None = None,
+    train_dataset: Any = None,
+    val_dataset: Any = None,
+    callbacks: Sequence[Callable[..., None]] = (),
+) -> TrainResult:
+    """Train a model as ``config`` says and return the history and checkpoint paths.
+
+    Args:
+        config: the resolved :class:`Config`.
+        resume: continue the run in the work dir from its ``last`` checkpoint (exactly).
+        work_dir: run folder (overrides ``config.runtime.work_dir``; default ``runs/<name>``).
+        model: use this model instead of building ``config.model`` (its state is trained in place).
+        train_dataset, val_dataset: raw datasets (items ``(image uint8 HxWx3, mask HxW, name)``)
+            instead of building ``config.data``; the training transform is applied here.
+        callbacks: called after every step as ``cb(step=..., loss=..., lr=..., model=...)``, after the
+            step's checkpoint, if any, was written.
+
+    Returns:
+        :class:`TrainResult`.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN/inf (the last good checkpoint is kept; the batch's
+            file names are in the log).
+        ConfigError, CheckpointError, DatasetError: bad settings, files or data.
+    """
+    rt, sched = config.runtime, config.schedule
+    info = setup_distributed(rt.device)
+    try:
+        return _train(config, info, resume, work_dir, model, train_dataset, val_dataset, callbacks)
+    finally:
+        if info.created_group and dist.is_initialized():
+            dist.destroy_process_group()
+        del rt, sched
+
+
+def _train(config, info: DistInfo, resume, work_dir, model, train_raw, val_raw, callbacks) -> TrainResult:
+    rt, sched, d = config.runtime, config.schedule, config.data
+    if sched.max_iters <= 0:
+        raise ConfigError(f"schedule.max_iters must be positive, got {sched.max_iters}.")
+    if rt.num_threads:
+        torch.set_num_threads(int(rt.num_threads))
+    if rt.deterministic:
+        torch.use_deterministic_algorithms(True)
+
+    run_dir = _resolve_work_dir(config, work_dir)
+    if info.is_main:
+        if not resume and state_path(run_dir, "last").exists() and not rt.overwrite:
+            raise ConfigError(
+                f"{run_dir} already holds a run; pass --resume to continue it, choose another --work-dir, "
+                f"or set runtime.overwrite=true to start over."
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            for old in ("log.jsonl", "train.log"):
+                (run_dir / old).unlink(missing_ok=True)
+        save_config(config, run_dir / "config.yaml")
+    logger = RunLogger(run_dir, info.is_main, rt.tensorboard)
+
+    # --- seeds: the same initialisation on every rank (DDP also broadcasts rank 0's weights)
+    random.seed(rt.seed)
+    np.random.seed(rt.seed)
+    torch.manual_seed(rt.seed)
+
+    # --- data
+    train_ds, val_ds, val_transform, classes, palette = build_datasets(config, train_raw, val_raw)
+    _check_classes(config, classes)
+    sampler = ResumableDistributedSampler(train_ds, info.world_size, info.rank, seed=rt.seed)
+    iters_per_epoch = len(sampler) // d.batch_size
+    if iters_per_epoch == 0:
+        raise ConfigError(
+            f"The training set has {len(train_ds)} images, fewer than one global batch of "
+            f"{d.batch_size * info.world_size}; lower data.batch_size or use more images."
+        )
+
+    # --- model, optimiser, schedule, AMP
+    if model is None:
+        model = _build_model(config)
+    model = model.to(info.device)
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, config.optim)
+    scheduler = build_scheduler(optimizer, sched)
+    amp_dtype, use_scaler = _amp_setup(rt.amp, info.device)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+
+    identity = describe_model(model)
+    identity["model"] = getattr(model, "model_name", None) or config.model.name
+
+    start_step, losses, evals, best_miou = 0, [], [], float("nan")
+    if resume:
+        state = load_training_state(run_dir, "last")
+        load_weights(model, checkpoint_weights(run_dir, "last"))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start_step = int(state["step"])
+        losses = [tuple(x) for x in state.get("losses", [])]
+        evals = list(state.get("evals", []))
+        best_miou = float(state.get("best_miou", float("nan")))
+        rng_after_resume = state["rng"]
+        logger.info(f"resumed {run_dir} at step {start_step}")
+    else:
+        rng_after_resume = None
+
+    raw_model = model
+    if info.distributed:
+        if rt.sync_bn and info.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            raw_model = model
+        model = nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[info.device.index] if info.device.type == "cuda" else None,
+            find_unused_parameters=rt.find_unused_parameters,
+        )
+    if rng_after_resume is not None:
+        set_rng_state(rng_after_resume)
+    else:
+        torch.manual_seed(rt.seed + info.rank)  # per-rank randomness (dropout, drop path)
+
+    global_batch = d.batch_size * info.world_size
+    logger.info(
+        f"run {config.name}: model {identity['model']} ({identity['classifier']} classifier, "
+        f"{config.model.num_classes} classes, {sum(p.numel() for p in raw_model.parameters()) / 1e6:.2f}M params) "
+        f"on {info.device}"
+        + (f" with {torch.get_num_threads()} CPU threads" if info.device.type == "cpu" else "")
+        + f"; {info.world_size} process(es) x batch {d.batch_size} = global batch {global_batch}; "
+        f"{len(train_ds)} training images ({iters_per_epoch} steps per epoch); "
+        f"AMP {amp_dtype if amp_dtype is not None else 'off'}; work dir {run_dir}"
+    )
+    for g in optimizer.param_groups:
+        logger.info(f"  param group {g['name']}: {len(g['params'])} tensors, lr {g['initial_lr']:.3g}, "
+                    f"weight decay {g['weight_decay']}")
+    if not resume:
+        logger.record({"type": "start", "step": 0, "world_size": info.world_size, "global_batch": global_batch,
+                       "threads": torch.get_num_threads(), "device": str(info.device)})
+
+    base_meta = {
+        **identity,
+        "classifier_options": dict(config.model.classifier_options),
+        "class_names": classes,
+        "palette": [list(map(int, c)) for c in palette] if palette is not None else None,
+        "dataset": d.dataset,
+        "config": config.to_dict(),
+        "seed": rt.seed,
+        "git_commit": git_commit() if info.is_main else None,
+        "torch_version": torch.__version__,
+        "test": {"mode": config.test.mode, "crop_size": config.test.crop_size, "stride": config.test.stride},
+        "global_batch": global_batch,
+    }
+
+    def write_checkpoint(tag: str, step: int, metrics: dict | None, with_state: bool) -> None:
+        if not info.is_main:
+            return
+        meta = {**base_meta, "step": step, "metrics": metrics or {}}
+        training_state = None
+        if with_state:
+            training_state = {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if use_scaler else {},
+                "rng": rng_state(),
+                "losses": [list(x) for x in losses],
+                "evals": evals,
+                "best_miou": best_miou,
+            }
+        save_checkpoint(run_dir, tag, raw_model, meta, training_state, half=rt.save_half)
+
+    def run_eval(step: int) -> SegMetrics:
+        test = config.test
+        metrics = evaluate(
+            raw_model, val_ds, mode=test.mode, crop=_pair(test.crop_size), stride=_pair(test.stride),
+            batch_size=test.batch_size, max_images=test.max_images, device=info.device,
+            class_names=classes or None, transform=val_transform, autocast_dtype=amp_dtype,
+            progress=rt.progress and info.is_main, distributed=info.distributed,
+        )
+        return metrics
+
+    # --- the loop
+    bar = None
+    if rt.progress and info.is_main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=sched.max_iters, initial=start_step, desc=config.name, unit="it", dynamic_ncols=True)
+    step = start_step
+    epoch, skip = divmod(step, iters_per_epoch)
+    loader_ds = EpochIndexedDataset(train_ds)
+    window_loss, window_n, window_start, job_start = 0.0, 0, time.perf_counter(), time.perf_counter()
+    steps_done_here = 0
+    final_metrics = None
+    ckpt_every = sched.checkpoint_interval
+    try:
+        model.train()
+        while step < sched.max_iters:
+            sampler.set_epoch(epoch)
+            sampler.start_index = skip * d.batch_size
+            loader = DataLoader(
+                loader_ds, batch_size=d.batch_size, sampler=sampler, drop_last=True,
+                num_workers=d.num_workers, pin_memory=info.device.type == "cuda",
+                persistent_workers=False,
+            )
+            for images, masks, indices in loader:
+                images = images.to(info.device, non_blocking=True)
+                masks = masks.to(info.device, non_blocking=True)
+                if rt.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(info.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    logits = model(images)
+                    loss = raw_model.loss_from_logits(logits.float(), masks)
+                _guard_finite(loss, info, train_ds, indices, step, logger, run_dir)
+
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if config.optim.grad_clip:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(raw_model.parameters(), config.optim.grad_clip)
+                lr = optimizer.param_groups[0]["lr"]
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                step += 1
+                steps_done_here += 1
+
+                loss_value = _mean_across(loss.detach(), info)
+                losses.append((step, loss_value))
+                window_loss += loss_value
+                window_n += 1
+                now = time.perf_counter()
+                img_s = steps_done_here * global_batch / max(now - job_start, 1e-9)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{img_s:.1f}")
+                if step % max(1, sched.log_interval) == 0 or step == sched.max_iters:
+                    logger.record({"type": "train", "step": step, "epoch": epoch,
+                                   "loss": window_loss / max(window_n, 1), "lr": lr,
+                                   "img_per_s": window_n * global_batch / max(now - window_start, 1e-9)})
+                    window_loss, window_n, window_start = 0.0, 0, now
+
+                is_last = step == sched.max_iters
+                do_eval = is_last or (sched.eval_interval > 0 and step % sched.eval_interval == 0)
+                metrics_dict = None
+                if do_eval:
+                    final_metrics = run_eval(step)
+                    metrics_dict = {"mIoU": final_metrics.mIoU, "aAcc": final_metrics.aAcc,
+                                    "mAcc": final_metrics.mAcc}
+                    evals.append({"step": step, **metrics_dict})
+                    logger.record({"type": "eval", "step": step, **metrics_dict})
+                    logger.info(f"step {step}: mIoU {100 * final_metrics.mIoU:.2f}  aAcc "
+                                f"{100 * final_metrics.aAcc:.2f}  mAcc {100 * final_metrics.mAcc:.2f}")
+                    if math.isnan(best_miou) or final_metrics.mIoU > best_miou:
+                        best_miou = final_metrics.mIoU
+                        write_checkpoint("best", step, metrics_dict, with_state=False)
+                    model.train()
+                if do_eval or (ckpt_every > 0 and step % ckpt_every == 0):
+                    write_checkpoint("last", step, metrics_dict, with_state=True)
+                for cb in callbacks:
+                    cb(step=step, loss=loss_value, lr=lr, model=raw_model)
+                if step >= sched.max_iters:
+                    break
+            epoch += 1
+            skip = 0
+    finally:
+        if bar is not None:
+            bar.close()
+    elapsed = time.perf_counter() - job_start
+    throughput = steps_done_here * global_batch / max(elapsed, 1e-9)
+    if final_metrics is not None and info.is_main:
+        logger.info("final evaluation:\n" + final_metrics.table())
+    logger.info(f"done: {step} steps, {throughput:.1f} images/s; checkpoints in {run_dir}")
+    logger.close()
+    last = checkpoint_weights(run_dir, "last")
+    best = checkpoint_weights(run_dir, "best")
+    best = best if best.exists() else None
+    return TrainResult(
+        work_dir=run_dir if info.is_main else None,
+        checkpoint=best or last,
+        last_checkpoint=last,
+        best_checkpoint=best,
+        steps=step,
+        losses=losses,
+        evals=evals,
+        best_miou=best_miou,
+        final_metrics=final_metrics,
+        images_per_second=throughput,
+    )
+
+
+def _mean_across(value: Tensor, info: DistInfo) -> float:
+    """The loss averaged over processes (for the log; equals the global-batch loss)."""
+    if info.distributed:
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= info.world_size
+    return float(value)
+
+
+def _guard_finite(loss: Tensor, info: DistInfo, dataset, indices: Tensor, step: int, logger: RunLogger,
+                  run_dir: Path) -> None:
+    """Stop every process together when any process's loss is NaN/inf, naming the batch's files."""
+    bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=loss.device)
+    if info.distributed:
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    if bad.item() == 0.0:
+        return
+    names = _batch_names(dataset, indices.tolist()) if not bool(torch.isfinite(loss.detach()).all()) else []
+    if info.distributed:
+        gathered: list[Any] = [None] * info.world_size
+        dist.all_gather_object(gathered, names)
+        names = [n for part in gathered for n in part]
+    last = checkpoint_weights(run_dir, "last")
+    kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint had been written yet"
+    message = (
+        f"The training loss became {float(loss.detach())} at step {step + 1}; the run stopped and "
+        f"{kept}. Lower optim.lr or check these images of the batch: {', '.join(names) or 'n/a'}."
+    )
+    logger.record({"type": "nonfinite", "step": step + 1, "loss": str(float(loss.detach())), "files": names})
+    logger.info(message)
+    raise NonFiniteLossError(message)
