@@ -60,8 +60,10 @@ def test_load_official_checkpoint_file_and_errors(reference_dir, tmp_path):
     model = build_model("segformer-b0", num_classes=150)
     report = load_official_checkpoint(model, path)
     assert len(report.dropped) == 2
-    torch.testing.assert_close(model.backbone.state_dict()["layers.0.0.projection.weight"],
-                               state["backbone.layers.0.0.projection.weight"])
+    torch.testing.assert_close(
+        model.backbone.state_dict()["layers.0.0.projection.weight"],
+        state["backbone.layers.0.0.projection.weight"],
+    )
 
     wrong_classes = build_model("segformer-b0", num_classes=19)
     with pytest.raises(CheckpointError, match="shape mismatches"):

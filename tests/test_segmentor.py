@@ -113,9 +113,9 @@ def test_pretrained_backbone_classifies_a_cat_feature_is_nontrivial():
 
     def feats(img):
         x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
-        x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(
-            1, 3, 1, 1
-        )
+        x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
+            [0.229, 0.224, 0.225]
+        ).view(1, 3, 1, 1)
         with torch.no_grad():
             return trunk(torch.nn.functional.interpolate(x, size=(224, 224)))[-1].mean((2, 3))[0]
 

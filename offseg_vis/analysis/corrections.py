@@ -85,8 +85,10 @@ class CorrectionMap:
         """fixed − broken pixels (0 without a label): the offsets' net effect on pixel accuracy."""
         if not self.has_label:
             return 0
-        return int(self.class_counts[:, self.code_order.index(FIXED)].sum()
-                   - self.class_counts[:, self.code_order.index(BROKEN)].sum())
+        return int(
+            self.class_counts[:, self.code_order.index(FIXED)].sum()
+            - self.class_counts[:, self.code_order.index(BROKEN)].sum()
+        )
 
 
 def correction_codes(
@@ -96,7 +98,9 @@ def correction_codes(
     before = np.asarray(before)
     after = np.asarray(after)
     if before.shape != after.shape:
-        raise InputError(f"before {before.shape} and after {after.shape} predictions must have the same shape.")
+        raise InputError(
+            f"before {before.shape} and after {after.shape} predictions must have the same shape."
+        )
     changed = before != after
     if label is None:
         return np.where(changed, CHANGED, UNCHANGED).astype(np.uint8)
@@ -139,7 +143,8 @@ def correction_map(
         try:
             before, after = probe_or_arrays
         except (TypeError, ValueError):
-            raise InputError("correction_map takes an ImageProbe or a pair (before, after) of (H, W) arrays.")
+            msg = "correction_map takes an ImageProbe or a pair (before, after) of (H, W) arrays."
+            raise InputError(msg) from None
         before, after = np.asarray(before), np.asarray(after)
     codes = correction_codes(before, after, label, ignore_index)
     if num_classes is None:
@@ -157,7 +162,9 @@ def correction_map(
     counts = np.zeros((num_classes, len(order)), dtype=np.int64)
     for j, code in enumerate(order):
         sel = counted & (codes == code)
-        counts[:, j] = np.bincount(owner[sel].reshape(-1).astype(np.int64), minlength=num_classes)[:num_classes]
+        counts[:, j] = np.bincount(owner[sel].reshape(-1).astype(np.int64), minlength=num_classes)[
+            :num_classes
+        ]
     return CorrectionMap(
         codes=codes,
         before=before.astype(np.int64),

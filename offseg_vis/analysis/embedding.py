@@ -131,8 +131,9 @@ def sample_pixels(
         rows=(flat_index[sel] // widths[sel]).astype(np.int64),
         cols=(flat_index[sel] % widths[sel]).astype(np.int64),
         classes=cls[sel].astype(np.int64),
-        label_source=label_source if label_source != "auto" else ("label" if probes[0].label is not None
-                                                                  else "prediction"),
+        label_source=label_source
+        if label_source != "auto"
+        else ("label" if probes[0].label is not None else "prediction"),
     )
 
 
@@ -196,7 +197,15 @@ class JointEmbedding:
     fit_seconds: float = 0.0
     from_cache: bool = False
 
-    _ARRAYS = ("before", "after", "class_embed", "refined_class_embed", "classes", "image_index", "arrow_index")
+    _ARRAYS = (
+        "before",
+        "after",
+        "class_embed",
+        "refined_class_embed",
+        "classes",
+        "image_index",
+        "arrow_index",
+    )
 
     def save(self, path: str | Path) -> None:
         """Write to ``.npz`` (atomically)."""
@@ -210,8 +219,13 @@ class JointEmbedding:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
             arrays = {n: (data[n] if n in data.files else None) for n in cls._ARRAYS}
-        return cls(**arrays, method=meta["method"], params=meta["params"],
-                   fit_seconds=meta["fit_seconds"], from_cache=True)
+        return cls(
+            **arrays,
+            method=meta["method"],
+            params=meta["params"],
+            fit_seconds=meta["fit_seconds"],
+            from_cache=True,
+        )
 
 
 def _l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -255,7 +269,9 @@ def fit_joint_umap(pixels: PixelFeatures, seed: int = 0, **options) -> JointEmbe
     if n < 3:
         raise InputError(f"Only {n} pixels were sampled; a map needs at least 3. Use more images or classes.")
     start = time.perf_counter()
-    data = pixels.before if pixels.after is None else np.concatenate([pixels.before, pixels.after])  # (n or 2n, C)
+    data = (
+        pixels.before if pixels.after is None else np.concatenate([pixels.before, pixels.after])
+    )  # (n or 2n, C)
     k, c = pixels.class_embed.shape
     extra = [pixels.class_embed]
     if pixels.refined_class_embed is not None:
@@ -267,8 +283,11 @@ def fit_joint_umap(pixels: PixelFeatures, seed: int = 0, **options) -> JointEmbe
         data, extra = _l2_normalise(data), _l2_normalise(extra)
     coords, placed = _reduce(data, extra, opts, seed)
     rng = np.random.default_rng(seed)
-    arrows = np.sort(rng.choice(n, size=min(opts.n_arrows, n), replace=False)) if pixels.after is not None \
+    arrows = (
+        np.sort(rng.choice(n, size=min(opts.n_arrows, n), replace=False))
+        if pixels.after is not None
         else np.zeros(0, dtype=np.int64)
+    )
     refined = placed[k:].reshape(-1, k, 2) if pixels.refined_class_embed is not None else None
     return JointEmbedding(
         before=coords[:n],
@@ -284,7 +303,9 @@ def fit_joint_umap(pixels: PixelFeatures, seed: int = 0, **options) -> JointEmbe
     )
 
 
-def _reduce(data: np.ndarray, extra: np.ndarray, opts: FitOptions, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _reduce(
+    data: np.ndarray, extra: np.ndarray, opts: FitOptions, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Fit on ``data`` (M, C), return its 2-D coordinates and those of ``extra`` (E, C) via transform."""
     from sklearn.decomposition import PCA
 
@@ -326,10 +347,17 @@ def warm_up_umap() -> float:
     start = time.perf_counter()
     rng = np.random.default_rng(0)
     pixels = PixelFeatures(
-        PixelSample(np.zeros(300, np.int64), np.zeros(300, np.int64), np.zeros(300, np.int64),
-                    rng.integers(0, 3, 300), "label"),
-        rng.normal(size=(300, 16)).astype(np.float32), rng.normal(size=(300, 16)).astype(np.float32),
-        rng.normal(size=(3, 16)).astype(np.float32), rng.normal(size=(1, 3, 16)).astype(np.float32),
+        PixelSample(
+            np.zeros(300, np.int64),
+            np.zeros(300, np.int64),
+            np.zeros(300, np.int64),
+            rng.integers(0, 3, 300),
+            "label",
+        ),
+        rng.normal(size=(300, 16)).astype(np.float32),
+        rng.normal(size=(300, 16)).astype(np.float32),
+        rng.normal(size=(3, 16)).astype(np.float32),
+        rng.normal(size=(1, 3, 16)).astype(np.float32),
     )
     fit_joint_umap(pixels, n_epochs=20, pca_dims=0)
     return time.perf_counter() - start
@@ -380,8 +408,12 @@ def embed_pixels(
         raise InputError("embed_pixels needs at least one probe.")
     opts = FitOptions(**options)
     per_point = 2 if probes[0].is_offset_model else 1
-    params = {**asdict(opts), "max_points": max_points, "label_source": label_source,
-              "classes": None if classes is None else sorted(int(c) for c in classes)}
+    params = {
+        **asdict(opts),
+        "max_points": max_points,
+        "label_source": label_source,
+        "classes": None if classes is None else sorted(int(c) for c in classes),
+    }
     path = None
     if cache_dir is not None:
         key = embedding_cache_key(probes, model_key, data_key, seed, params)

@@ -60,7 +60,9 @@ def ideal_class_embed(
     e = np.asarray(features, dtype=np.float64).reshape(-1, c)  # (N, C)
     lab = np.asarray(label).reshape(-1)
     if lab.shape[0] != e.shape[0]:
-        raise InputError(f"Features have {e.shape[0]} pixels but the label has {lab.shape[0]}; they must match.")
+        raise InputError(
+            f"Features have {e.shape[0]} pixels but the label has {lab.shape[0]}; they must match."
+        )
     valid = (lab != ignore_index) & (lab >= 0) & (lab < num_classes)
     if not valid.any():
         return np.zeros((num_classes, c)), np.zeros(e.shape[0], dtype=np.int64)
@@ -174,7 +176,7 @@ def _stage_arrays(p: ImageProbe, stage: str) -> tuple[np.ndarray, np.ndarray]:
         return p.features, p.class_embed
     if not p.is_offset_model:
         raise InputError(
-            'stage="after" needs an Offset Learning model (E\', W\'); this probe comes from a per-pixel '
+            "stage=\"after\" needs an Offset Learning model (E', W'); this probe comes from a per-pixel "
             'classifier, which has only stage="before".'
         )
     return p.refined_features, p.refined_class_embed
@@ -291,7 +293,8 @@ def summary_table(reports: dict[str, MisalignmentReport]) -> str:
     lines = [f"{'model':<{width}}  consistency  alignment  sanity mIoU"]
     for n, r in reports.items():
         lines.append(
-            f"{n:<{width}}  {r.overall_consistency:11.3f}  {r.overall_alignment:9.3f}  {100 * r.sanity_miou:10.1f}%"
+            f"{n:<{width}}  {r.overall_consistency:11.3f}  {r.overall_alignment:9.3f}"
+            f"  {100 * r.sanity_miou:10.1f}%"
         )
     return "\n".join(lines)
 
@@ -300,13 +303,17 @@ def per_class_table(reports: dict[str, MisalignmentReport], metric: str = "consi
     """A plain-text table: classes as rows, reports as columns, values of ``metric``
     ("consistency", "alignment", "embed_consistency" or "sanity_iou")."""
     if metric not in ("consistency", "alignment", "embed_consistency", "sanity_iou"):
-        raise InputError(f"Unknown metric {metric!r}; use consistency, alignment, embed_consistency or sanity_iou.")
+        raise InputError(
+            f"Unknown metric {metric!r}; use consistency, alignment, embed_consistency or sanity_iou."
+        )
     names = next(iter(reports.values())).class_names
     width = max(len(n) for n in names + ["overall"])
     cols = list(reports)
     lines = [f"{'class':<{width}}  " + "  ".join(f"{c:>22}" for c in cols)]
     for k, cname in enumerate(names):
-        lines.append(f"{cname:<{width}}  " + "  ".join(f"{getattr(reports[c], metric)[k]:22.3f}" for c in cols))
+        lines.append(
+            f"{cname:<{width}}  " + "  ".join(f"{getattr(reports[c], metric)[k]:22.3f}" for c in cols)
+        )
     overall = [_nanmean(getattr(reports[c], metric)) for c in cols]
     lines.append(f"{'overall':<{width}}  " + "  ".join(f"{v:22.3f}" for v in overall))
     return "\n".join(lines)

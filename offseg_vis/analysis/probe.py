@@ -121,7 +121,9 @@ def _check_labels(labels, images: list[np.ndarray]) -> list[np.ndarray | None]:
         return [None] * len(images)
     labels = list(labels)
     if len(labels) != len(images):
-        raise InputError(f"probe got {len(images)} images but {len(labels)} labels; give one label per image.")
+        raise InputError(
+            f"probe got {len(images)} images but {len(labels)} labels; give one label per image."
+        )
     out = []
     for i, (lab, img) in enumerate(zip(labels, images)):
         if lab is None:
@@ -129,14 +131,14 @@ def _check_labels(labels, images: list[np.ndarray]) -> list[np.ndarray | None]:
             continue
         lab = np.asarray(lab.cpu() if isinstance(lab, Tensor) else lab).astype(np.int64)
         if lab.shape != img.shape[:2]:
-            raise InputError(f"Label {i} has shape {lab.shape} but its image is {img.shape[:2]}; they must match.")
+            raise InputError(
+                f"Label {i} has shape {lab.shape} but its image is {img.shape[:2]}; they must match."
+            )
         out.append(lab)
     return out
 
 
-def upsample_to_input(
-    logits: Tensor, input_size: tuple[int, int], padded_size: tuple[int, int]
-) -> Tensor:
+def upsample_to_input(logits: Tensor, input_size: tuple[int, int], padded_size: tuple[int, int]) -> Tensor:
     """(B, K, h, w) logits -> (B, K, H, W): bilinear to the padded canvas, then crop the real image."""
     logits = F.interpolate(logits, size=padded_size, mode="bilinear", align_corners=False)
     return logits[..., : input_size[0], : input_size[1]]
@@ -202,8 +204,9 @@ def probe(
                     batch = torch.from_numpy(np.stack([imgs[i] for i in chunk])).to(device)
                     batch = batch.permute(0, 3, 1, 2)  # (B, H, W, 3) -> (B, 3, H, W)
                     out = model(model.normalize(batch), return_intermediates=True)
-                    for j, probe_ in enumerate(_split_output(model, out, size, [imgs[i] for i in chunk],
-                                                             [labs[i] for i in chunk])):
+                    for j, probe_ in enumerate(
+                        _split_output(model, out, size, [imgs[i] for i in chunk], [labs[i] for i in chunk])
+                    ):
                         results[chunk[j]] = probe_
     finally:
         model.train(was_training)
@@ -241,7 +244,9 @@ def _split_output(model, out, size, images, labels) -> list[ImageProbe]:
                 class_offset=_np(cls.class_offset[i]) if is_offset else None,
                 refined_class_embed=_np(cls.refined_class_embed[i]) if is_offset else None,
                 class_attention=(
-                    _grid(cls.class_attention[i], fsize).transpose(2, 0, 1) if is_offset else None  # (K, h, w)
+                    _grid(cls.class_attention[i], fsize).transpose(2, 0, 1)
+                    if is_offset
+                    else None  # (K, h, w)
                 ),
                 position_attention=_grid(cls.position_attention[i], fsize) if is_offset else None,
             )

@@ -29,8 +29,10 @@ class ModelConfig:
         name: zoo name, e.g. "offseg-mbv2", "offseg-t", "segformer-b0", "segnext-t".
         num_classes: K.
         classifier: "offset" (Offset Learning) or "linear" (per-pixel baseline).
-        pretrained: path of our own safetensors weights to start from (None: the zoo's default
-            initialisation, e.g. the ImageNet backbone of offseg-mbv2).
+        pretrained: weights of the whole model to start from (our safetensors or an official
+            checkpoint; None: random head).
+        backbone_pretrained: ImageNet weights for the backbone: true = the bundled file where one
+            exists (MobileNetV2), or a path to an official ImageNet checkpoint.
         classifier_options: options of OffsetLearning (class_offsets, feature_offsets, logit_norm).
         options: any further keyword arguments of ``build_model`` for this model.
     """
@@ -39,6 +41,7 @@ class ModelConfig:
     num_classes: int = 11
     classifier: str = "offset"
     pretrained: str | None = None
+    backbone_pretrained: bool | str = False
     classifier_options: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
 
@@ -237,7 +240,9 @@ def _unknown_key_error(key: str, candidates: Iterable[str]) -> ConfigError:
     near += [c for c in difflib.get_close_matches(leaf, candidates, n=3, cutoff=0.6) if c not in near]
     near += [c for c in candidates if c.rsplit(".", 1)[-1] == leaf and c not in near]
     hint = f" Did you mean {', '.join(repr(n) for n in near[:3])}?" if near else ""
-    return ConfigError(f"Unknown config key {key!r}.{hint} Valid keys are listed in offseg_vis/engine/config.py.")
+    return ConfigError(
+        f"Unknown config key {key!r}.{hint} Valid keys are listed in offseg_vis/engine/config.py."
+    )
 
 
 def _type_name(tp: Any) -> str:
@@ -376,7 +381,9 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
     """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"Config file {path} does not exist; see the configs/ folder for the shipped recipes.")
+        raise ConfigError(
+            f"Config file {path} does not exist; see the configs/ folder for the shipped recipes."
+        )
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:

@@ -24,7 +24,9 @@ from torch import Tensor, nn
 from offseg_vis.models.segmentor import IGNORE_INDEX
 
 
-def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> Tensor:
+def confusion_matrix(
+    pred: Tensor, target: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
+) -> Tensor:
     """Confusion matrix of predicted vs true labels.
 
     Args:
@@ -37,7 +39,9 @@ def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, ignore_inde
         (K, K) int64 on ``pred``'s device; entry [t, p] counts pixels of true class t predicted p.
     """
     if pred.shape != target.shape:
-        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape.")
+        raise ValueError(
+            f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape."
+        )
     pred = pred.reshape(-1).long()
     target = target.reshape(-1).long().to(pred.device)
     valid = (target != ignore_index) & (target >= 0) & (target < num_classes)
@@ -100,7 +104,9 @@ def _nanmean(x: np.ndarray) -> float:
     return float(finite.mean()) if finite.size else float("nan")
 
 
-def metrics_from_confusion(confusion: Tensor | np.ndarray, class_names: Sequence[str] | None = None) -> SegMetrics:
+def metrics_from_confusion(
+    confusion: Tensor | np.ndarray, class_names: Sequence[str] | None = None
+) -> SegMetrics:
     """mmseg metrics from a (K, K) confusion matrix (rows truth, columns prediction)."""
     cm = confusion.detach().cpu().numpy() if isinstance(confusion, Tensor) else np.asarray(confusion)
     cm = cm.astype(np.float64)
@@ -130,14 +136,18 @@ def metrics_from_confusion(confusion: Tensor | np.ndarray, class_names: Sequence
 class ConfusionMeter:
     """Accumulates a dataset-level confusion matrix batch by batch (and across processes)."""
 
-    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX, device: str | torch.device = "cpu"):
+    def __init__(
+        self, num_classes: int, ignore_index: int = IGNORE_INDEX, device: str | torch.device = "cpu"
+    ):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
 
     def update(self, pred: Tensor, target: Tensor) -> None:
         """pred, target: class ids of the same shape (e.g. (B, H, W))."""
-        self.matrix += confusion_matrix(pred, target, self.num_classes, self.ignore_index).to(self.matrix.device)
+        self.matrix += confusion_matrix(pred, target, self.num_classes, self.ignore_index).to(
+            self.matrix.device
+        )
 
     def all_reduce(self) -> None:
         """Sum the matrices of every process (no-op outside torch.distributed)."""
@@ -235,7 +245,9 @@ def evaluate(
             class_names = None
     if distributed is None:
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
+    rank, world = (
+        (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
+    )
 
     total = len(dataset) if max_images is None else min(len(dataset), max_images)
     indices = list(range(rank, total, world))  # disjoint shards: every image counted once
@@ -260,8 +272,9 @@ def evaluate(
                     logits = predict_logits(model, images, mode, crop, stride)  # (B, K, H, W)
                 for logit, (_, _, mask) in zip(logits.float(), group):
                     if logit.shape[-2:] != mask.shape[-2:]:
-                        logit = F.interpolate(logit[None], size=mask.shape[-2:], mode="bilinear",
-                                              align_corners=False)[0]
+                        logit = F.interpolate(
+                            logit[None], size=mask.shape[-2:], mode="bilinear", align_corners=False
+                        )[0]
                     meter.update(logit.argmax(0), mask.to(device))
                 if bar is not None:
                     bar.update(len(group))

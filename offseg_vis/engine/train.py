@@ -47,11 +47,16 @@ from offseg_vis.engine.checkpoint import (
 from offseg_vis.engine.config import Config, save_config
 from offseg_vis.engine.evaluate import SegMetrics, evaluate
 from offseg_vis.errors import ConfigError, OffSegError
-from offseg_vis.models.weights import describe_model, load_weights, unwrap_model
+from offseg_vis.models.weights import describe_model, load_weights
 
 log = logging.getLogger("offseg_vis.train")
 
-NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+NORM_LAYERS = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.modules.instancenorm._InstanceNorm,
+)
 
 
 class NonFiniteLossError(OffSegError):
@@ -111,7 +116,9 @@ class WarmupPolyFactor:
     A plain object (not a closure) so LambdaLR can save and restore it.
     """
 
-    def __init__(self, max_iters: int, warmup_iters: int, start_factor: float, power: float, min_ratio: float):
+    def __init__(
+        self, max_iters: int, warmup_iters: int, start_factor: float, power: float, min_ratio: float
+    ):
         self.max_iters = int(max_iters)
         self.warmup_iters = int(warmup_iters)
         self.start_factor = float(start_factor)
@@ -133,7 +140,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg) -> torch.optim.lr_sch
         base = group["lr"]
         min_ratio = cfg.min_lr / base if base > 0 else 0.0
         factors.append(
-            WarmupPolyFactor(cfg.max_iters, cfg.warmup_iters, cfg.warmup_start_factor, cfg.poly_power, min_ratio)
+            WarmupPolyFactor(
+                cfg.max_iters, cfg.warmup_iters, cfg.warmup_start_factor, cfg.poly_power, min_ratio
+            )
         )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
 
@@ -153,7 +162,9 @@ class ResumableDistributedSampler(DistributedSampler):
     """
 
     def __init__(self, dataset, num_replicas: int, rank: int, seed: int, shuffle: bool = True):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
+        super().__init__(
+            dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=True
+        )
         self.start_index = 0
 
     def __iter__(self):
@@ -200,10 +211,13 @@ def build_datasets(config: Config, train_raw=None, val_raw=None):
 
     d = config.data
     if train_raw is None:
-        train_raw = build_dataset(d.dataset, root=d.root, split=d.train_split, **{**d.dataset_options,
-                                                                                  **d.train_options})
+        train_raw = build_dataset(
+            d.dataset, root=d.root, split=d.train_split, **{**d.dataset_options, **d.train_options}
+        )
     if val_raw is None:
-        val_raw = build_dataset(d.dataset, root=d.root, split=d.val_split, **{**d.dataset_options, **d.val_options})
+        val_raw = build_dataset(
+            d.dataset, root=d.root, split=d.val_split, **{**d.dataset_options, **d.val_options}
+        )
     transform = TrainTransform(
         crop_size=_pair(d.crop_size),
         scale=_pair(d.scale),
@@ -258,7 +272,9 @@ def _resolve_device(name: str, local_rank: int) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError("runtime.device asks for CUDA but no CUDA device is available; use runtime.device=cpu.")
+            raise ConfigError(
+                "runtime.device asks for CUDA but no CUDA device is available; use runtime.device=cpu."
+            )
         if device.index is None:
             device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
@@ -398,6 +414,7 @@ def _build_model(config: Config) -> nn.Module:
         num_classes=m.num_classes,
         classifier=m.classifier,
         pretrained=m.pretrained,
+        backbone_pretrained=m.backbone_pretrained,
         classifier_options=dict(m.classifier_options) or None,
         **m.options,
     )
@@ -441,14 +458,12 @@ def train(
             file names are in the log).
         ConfigError, CheckpointError, DatasetError: bad settings, files or data.
     """
-    rt, sched = config.runtime, config.schedule
-    info = setup_distributed(rt.device)
+    info = setup_distributed(config.runtime.device)
     try:
         return _train(config, info, resume, work_dir, model, train_dataset, val_dataset, callbacks)
     finally:
         if info.created_group and dist.is_initialized():
             dist.destroy_process_group()
-        del rt, sched
 
 
 def _train(config, info: DistInfo, resume, work_dir, model, train_raw, val_raw, callbacks) -> TrainResult:
@@ -537,9 +552,10 @@ def _train(config, info: DistInfo, resume, work_dir, model, train_raw, val_raw, 
         torch.manual_seed(rt.seed + info.rank)  # per-rank randomness (dropout, drop path)
 
     global_batch = d.batch_size * info.world_size
+    n_params = sum(p.numel() for p in raw_model.parameters())
     logger.info(
         f"run {config.name}: model {identity['model']} ({identity['classifier']} classifier, "
-        f"{config.model.num_classes} classes, {sum(p.numel() for p in raw_model.parameters()) / 1e6:.2f}M params) "
+        f"{config.model.num_classes} classes, {n_params / 1e6:.2f}M params) "
         f"on {info.device}"
         + (f" with {torch.get_num_threads()} CPU threads" if info.device.type == "cpu" else "")
         + f"; {info.world_size} process(es) x batch {d.batch_size} = global batch {global_batch}; "
@@ -547,11 +563,21 @@ def _train(config, info: DistInfo, resume, work_dir, model, train_raw, val_raw, 
         f"AMP {amp_dtype if amp_dtype is not None else 'off'}; work dir {run_dir}"
     )
     for g in optimizer.param_groups:
-        logger.info(f"  param group {g['name']}: {len(g['params'])} tensors, lr {g['initial_lr']:.3g}, "
-                    f"weight decay {g['weight_decay']}")
+        logger.info(
+            f"  param group {g['name']}: {len(g['params'])} tensors, lr {g['initial_lr']:.3g}, "
+            f"weight decay {g['weight_decay']}"
+        )
     if not resume:
-        logger.record({"type": "start", "step": 0, "world_size": info.world_size, "global_batch": global_batch,
-                       "threads": torch.get_num_threads(), "device": str(info.device)})
+        logger.record(
+            {
+                "type": "start",
+                "step": 0,
+                "world_size": info.world_size,
+                "global_batch": global_batch,
+                "threads": torch.get_num_threads(),
+                "device": str(info.device),
+            }
+        )
 
     base_meta = {
         **identity,
@@ -587,10 +613,19 @@ def _train(config, info: DistInfo, resume, work_dir, model, train_raw, val_raw, 
     def run_eval(step: int) -> SegMetrics:
         test = config.test
         metrics = evaluate(
-            raw_model, val_ds, mode=test.mode, crop=_pair(test.crop_size), stride=_pair(test.stride),
-            batch_size=test.batch_size, max_images=test.max_images, device=info.device,
-            class_names=classes or None, transform=val_transform, autocast_dtype=amp_dtype,
-            progress=rt.progress and info.is_main, distributed=info.distributed,
+            raw_model,
+            val_ds,
+            mode=test.mode,
+            crop=_pair(test.crop_size),
+            stride=_pair(test.stride),
+            batch_size=test.batch_size,
+            max_images=test.max_images,
+            device=info.device,
+            class_names=classes or None,
+            transform=val_transform,
+            autocast_dtype=amp_dtype,
+            progress=rt.progress and info.is_main,
+            distributed=info.distributed,
         )
         return metrics
 
@@ -613,8 +648,12 @@ def _train(config, info: DistInfo, resume, work_dir, model, train_raw, val_raw, 
             sampler.set_epoch(epoch)
             sampler.start_index = skip * d.batch_size
             loader = DataLoader(
-                loader_ds, batch_size=d.batch_size, sampler=sampler, drop_last=True,
-                num_workers=d.num_workers, pin_memory=info.device.type == "cuda",
+                loader_ds,
+                batch_size=d.batch_size,
+                sampler=sampler,
+                drop_last=True,
+                num_workers=d.num_workers,
+                pin_memory=info.device.type == "cuda",
                 persistent_workers=False,
             )
             for images, masks, indices in loader:
@@ -649,9 +688,16 @@ def _train(config, info: DistInfo, resume, work_dir, model, train_raw, val_raw, 
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{img_s:.1f}")
                 if step % max(1, sched.log_interval) == 0 or step == sched.max_iters:
-                    logger.record({"type": "train", "step": step, "epoch": epoch,
-                                   "loss": window_loss / max(window_n, 1), "lr": lr,
-                                   "img_per_s": window_n * global_batch / max(now - window_start, 1e-9)})
+                    logger.record(
+                        {
+                            "type": "train",
+                            "step": step,
+                            "epoch": epoch,
+                            "loss": window_loss / max(window_n, 1),
+                            "lr": lr,
+                            "img_per_s": window_n * global_batch / max(now - window_start, 1e-9),
+                        }
+                    )
                     window_loss, window_n, window_start = 0.0, 0, now
 
                 is_last = step == sched.max_iters
@@ -659,12 +705,17 @@ def _train(config, info: DistInfo, resume, work_dir, model, train_raw, val_raw, 
                 metrics_dict = None
                 if do_eval:
                     final_metrics = run_eval(step)
-                    metrics_dict = {"mIoU": final_metrics.mIoU, "aAcc": final_metrics.aAcc,
-                                    "mAcc": final_metrics.mAcc}
+                    metrics_dict = {
+                        "mIoU": final_metrics.mIoU,
+                        "aAcc": final_metrics.aAcc,
+                        "mAcc": final_metrics.mAcc,
+                    }
                     evals.append({"step": step, **metrics_dict})
                     logger.record({"type": "eval", "step": step, **metrics_dict})
-                    logger.info(f"step {step}: mIoU {100 * final_metrics.mIoU:.2f}  aAcc "
-                                f"{100 * final_metrics.aAcc:.2f}  mAcc {100 * final_metrics.mAcc:.2f}")
+                    logger.info(
+                        f"step {step}: mIoU {100 * final_metrics.mIoU:.2f}  aAcc "
+                        f"{100 * final_metrics.aAcc:.2f}  mAcc {100 * final_metrics.mAcc:.2f}"
+                    )
                     if math.isnan(best_miou) or final_metrics.mIoU > best_miou:
                         best_miou = final_metrics.mIoU
                         write_checkpoint("best", step, metrics_dict, with_state=False)
@@ -712,25 +763,29 @@ def _mean_across(value: Tensor, info: DistInfo) -> float:
     return float(value)
 
 
-def _guard_finite(loss: Tensor, info: DistInfo, dataset, indices: Tensor, step: int, logger: RunLogger,
-                  run_dir: Path) -> None:
+def _guard_finite(
+    loss: Tensor, info: DistInfo, dataset, indices: Tensor, step: int, logger: RunLogger, run_dir: Path
+) -> None:
     """Stop every process together when any process's loss is NaN/inf, naming the batch's files."""
     bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=loss.device)
     if info.distributed:
         dist.all_reduce(bad, op=dist.ReduceOp.MAX)
     if bad.item() == 0.0:
         return
-    names = _batch_names(dataset, indices.tolist()) if not bool(torch.isfinite(loss.detach()).all()) else []
+    names = _batch_names(dataset, indices.tolist())
     if info.distributed:
         gathered: list[Any] = [None] * info.world_size
         dist.all_gather_object(gathered, names)
         names = [n for part in gathered for n in part]
     last = checkpoint_weights(run_dir, "last")
-    kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint had been written yet"
-    message = (
-        f"The training loss became {float(loss.detach())} at step {step + 1}; the run stopped and "
-        f"{kept}. Lower optim.lr or check these images of the batch: {', '.join(names) or 'n/a'}."
+    kept = (
+        f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint had been written yet"
     )
-    logger.record({"type": "nonfinite", "step": step + 1, "loss": str(float(loss.detach())), "files": names})
+    message = (
+        f"The training loss became non-finite (NaN or inf) at step {step + 1}; the run stopped and "
+        f"{kept}. Lower optim.lr, enable optim.grad_clip, or check the images of that batch: "
+        f"{', '.join(names) or 'n/a'}."
+    )
+    logger.record({"type": "nonfinite", "step": step + 1, "files": names})
     logger.info(message)
     raise NonFiniteLossError(message)

@@ -71,7 +71,9 @@ def map_official_segmentor_keys(
 ) -> tuple[dict[str, Tensor], ConversionReport]:
     """Rename an official segmentor state dict to ours and check it against ``target``'s keys/shapes."""
     report = ConversionReport()
-    linear_model = "decode_head.classifier.weight" in target and "decode_head.classifier.cls_repr" not in target
+    linear_model = (
+        "decode_head.classifier.weight" in target and "decode_head.classifier.cls_repr" not in target
+    )
     out: dict[str, Tensor] = {}
     for key, value in source.items():
         new = key
@@ -91,7 +93,9 @@ def map_official_segmentor_keys(
     return out, report
 
 
-def _check_against(out: dict[str, Tensor], target: dict[str, Tensor], report: ConversionReport, what: str) -> None:
+def _check_against(
+    out: dict[str, Tensor], target: dict[str, Tensor], report: ConversionReport, what: str
+) -> None:
     unknown = sorted(k for k in out if k not in target)
     missing = sorted(k for k in target if k not in out)
     mismatched = sorted(
@@ -174,7 +178,11 @@ def load_pretrained(model: nn.Module, path: str | Path, model_name: str | None =
 
 
 def convert_checkpoint(
-    src: str | Path, dst: str | Path, model_name: str, classifier: str = "offset", num_classes: int | None = None
+    src: str | Path,
+    dst: str | Path,
+    model_name: str,
+    classifier: str = "offset",
+    num_classes: int | None = None,
 ) -> ConversionReport:
     """Convert an official checkpoint to our safetensors format (+ JSON card) at ``dst``.
 
@@ -192,7 +200,11 @@ def convert_checkpoint(
     save_weights(
         model,
         dst,
-        metadata={"source": Path(src).name, "converted_from": "official mmseg checkpoint", "report": report.summary()},
+        metadata={
+            "source": Path(src).name,
+            "converted_from": "official mmseg checkpoint",
+            "report": report.summary(),
+        },
     )
     return report
 

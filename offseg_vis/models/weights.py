@@ -206,7 +206,9 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         try:
             return json.loads(side.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            raise CheckpointError(f"The sidecar {side} is not valid JSON ({exc}); restore or delete it.") from exc
+            raise CheckpointError(
+                f"The sidecar {side} is not valid JSON ({exc}); restore or delete it."
+            ) from exc
     return {}
 
 
@@ -234,7 +236,11 @@ def _check_identity(target: Path, meta: Mapping[str, Any], model: nn.Module) -> 
         if meta.get(key) is not None and mine.get(key) is not None and meta[key] != mine[key]:
             mismatch.append(key)
     # names only compare when the model was built by the zoo (otherwise it is a class name)
-    if meta.get("model") and getattr(unwrap_model(model), "model_name", None) and meta["model"] != mine["model"]:
+    if (
+        meta.get("model")
+        and getattr(unwrap_model(model), "model_name", None)
+        and meta["model"] != mine["model"]
+    ):
         mismatch.append("model")
     if mismatch:
         raise CheckpointError(

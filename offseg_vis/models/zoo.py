@@ -55,18 +55,33 @@ MODELS: dict[str, ModelSpec] = {
         description="ImageNet MobileNetV2 + light FPN decoder; our CPU model (not in the paper)",
     ),
     "offseg-t": ModelSpec(
-        _EFF, _OFFSEG_HEAD, {"variant": "s1"}, {"new_channels": [32, 32, 64, 128], "channels": 256},
-        paper_params_m={"offset": 6.2}, paper_gmacs={"offset": 5.3}, test_mode="slide",
+        _EFF,
+        _OFFSEG_HEAD,
+        {"variant": "s1"},
+        {"new_channels": [32, 32, 64, 128], "channels": 256},
+        paper_params_m={"offset": 6.2},
+        paper_gmacs={"offset": 5.3},
+        test_mode="slide",
         description="EfficientFormerV2-S1 + FreqFusion decoder + Offset Learning",
     ),
     "offseg-b": ModelSpec(
-        _EFF, _OFFSEG_HEAD, {"variant": "s2"}, {"new_channels": [32, 64, 128, 256], "channels": 256},
-        paper_params_m={"offset": 13.0}, paper_gmacs={"offset": 10.3}, test_mode="slide",
+        _EFF,
+        _OFFSEG_HEAD,
+        {"variant": "s2"},
+        {"new_channels": [32, 64, 128, 256], "channels": 256},
+        paper_params_m={"offset": 13.0},
+        paper_gmacs={"offset": 10.3},
+        test_mode="slide",
         description="EfficientFormerV2-S2 + FreqFusion decoder + Offset Learning",
     ),
     "offseg-l": ModelSpec(
-        _EFF, _OFFSEG_HEAD, {"variant": "l"}, {"new_channels": [32, 64, 128, 256], "channels": 256},
-        paper_params_m={"offset": 26.4}, paper_gmacs={"offset": 17.1}, test_mode="slide",
+        _EFF,
+        _OFFSEG_HEAD,
+        {"variant": "l"},
+        {"new_channels": [32, 64, 128, 256], "channels": 256},
+        paper_params_m={"offset": 26.4},
+        paper_gmacs={"offset": 17.1},
+        test_mode="slide",
         description="EfficientFormerV2-L + FreqFusion decoder + Offset Learning",
     ),
 }
@@ -81,9 +96,14 @@ _SEGFORMER_PAPER = {  # Table 4 (ADE20K): params (M) and GFLOPs, linear -> offse
 }
 for _v, ((_pl, _po), (_gl, _go)) in _SEGFORMER_PAPER.items():
     MODELS[f"segformer-{_v}"] = ModelSpec(
-        _MIT, _SEGFORMER_HEAD, {"variant": _v}, {"channels": 256},
-        paper_params_m={"linear": _pl, "offset": _po}, paper_gmacs={"linear": _gl, "offset": _go},
-        test_mode="slide", description=f"MiT-{_v.upper()} + all-MLP head (SegFormer)",
+        _MIT,
+        _SEGFORMER_HEAD,
+        {"variant": _v},
+        {"channels": 256},
+        paper_params_m={"linear": _pl, "offset": _po},
+        paper_gmacs={"linear": _gl, "offset": _go},
+        test_mode="slide",
+        description=f"MiT-{_v.upper()} + all-MLP head (SegFormer)",
     )
 
 _SEGNEXT_PAPER = {  # Table 3 (ADE20K)
@@ -93,8 +113,12 @@ _SEGNEXT_PAPER = {  # Table 3 (ADE20K)
 }
 for _v, ((_pl, _po), (_gl, _go), _ch) in _SEGNEXT_PAPER.items():
     MODELS[f"segnext-{_v}"] = ModelSpec(
-        _MSCAN, _HAM_HEAD, {"variant": _v}, {"ham_channels": _ch, "channels": _ch},
-        paper_params_m={"linear": _pl, "offset": _po}, paper_gmacs={"linear": _gl, "offset": _go},
+        _MSCAN,
+        _HAM_HEAD,
+        {"variant": _v},
+        {"ham_channels": _ch, "channels": _ch},
+        paper_params_m={"linear": _pl, "offset": _po},
+        paper_gmacs={"linear": _gl, "offset": _go},
         description=f"MSCAN-{_v.upper()} + LightHam head (SegNeXt)",
     )
 

@@ -1,0 +1,160 @@
+"""Speed, size and cost of the zoo's models on this machine (``offseg bench speed``).
+
+Protocol (after mmseg's benchmark and the PIDNet/SwiftNet scripts): batch 1, a fixed square input,
+eval mode, ``torch.inference_mode``, ``warmup`` untimed runs then ``runs`` timed ones; median and
+min latency; on CUDA the timer synchronises and the forward runs under autocast. Every number is
+written beside the thread count, torch version and CPU model. Linear and offset variants of one
+model are timed back to back in the same process, so their ratio is fair even on a noisy machine.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from offseg_vis.bench.model_cost import count_gmacs, count_parameters
+from offseg_vis.bench.timing import environment, time_call
+from offseg_vis.models.zoo import build_model
+
+DEFAULT_MODELS = ("offseg-mbv2", "offseg-t", "offseg-b", "offseg-l", "segformer-b0", "segnext-t")
+
+
+def matmul_gflops(n: int = 2048, runs: int = 10) -> float:
+    """Dense float32 matmul rate of this machine (GFLOP/s of an n×n ``torch.mm``), median of runs."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    t = time_call(lambda: torch.mm(a, b), warmup=2, runs=runs)
+    return 2 * n**3 / t["median_s"] / 1e9
+
+
+def _time_model(model: torch.nn.Module, size: int, warmup: int, runs: int, device: str) -> dict:
+    model = model.to(device).eval()
+    x = torch.randn(1, 3, size, size, device=device)
+    cuda = device == "cuda"
+
+    def run():
+        with torch.inference_mode(), torch.autocast(device_type="cuda", enabled=cuda):
+            model(x)
+
+    return time_call(run, warmup=warmup, runs=runs, cuda=cuda)
+
+
+def benchmark_models(
+    names: tuple[str, ...] = DEFAULT_MODELS,
+    size: int = 512,
+    warmup: int = 5,
+    runs: int = 20,
+    num_classes: int = 150,
+    with_hf_peer: bool = True,
+) -> dict:
+    """Time every model in both classifier variants; returns a JSON-able dict."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+    result = {"size": size, "warmup": warmup, "runs": runs, **environment(), "models": []}
+    result["matmul_gflops"] = matmul_gflops()
+    for name in names:
+        row = {"model": name}
+        for classifier in ("linear", "offset"):
+            torch.manual_seed(0)
+            model = build_model(
+                name, num_classes=11 if name == "offseg-mbv2" else num_classes, classifier=classifier
+            )
+            gmacs = count_gmacs(model, size)
+            t = _time_model(model, size, warmup, runs, device)
+            row[classifier] = {
+                "params_m": count_parameters(model) / 1e6,
+                "gmacs": gmacs,
+                **t,
+                "achieved_gflops": 2 * gmacs / t["median_s"],
+            }
+            row[classifier]["fraction_of_matmul_peak"] = (
+                row[classifier]["achieved_gflops"] / result["matmul_gflops"]
+            )
+        row["offset_over_linear_latency"] = row["offset"]["median_s"] / row["linear"]["median_s"]
+        result["models"].append(row)
+        print(
+            f"  {name}: linear {row['linear']['median_s'] * 1e3:.0f} ms, "
+            f"offset {row['offset']['median_s'] * 1e3:.0f} ms"
+        )
+    if with_hf_peer:
+        result["hf_segformer_b0"] = _hf_peer(size, warmup, runs, device)
+    from offseg_vis.bench.offset_learning import benchmark as ol_benchmark
+
+    result["offset_learning_paths"] = ol_benchmark(150, 256, size // 4, runs=runs)
+    return result
+
+
+def _hf_peer(size: int, warmup: int, runs: int, device: str) -> dict | None:
+    """Hugging Face SegformerForSemanticSegmentation B0 (random init), when transformers is installed."""
+    try:
+        from transformers import SegformerConfig, SegformerForSemanticSegmentation
+    except ImportError:
+        return None
+    model = SegformerForSemanticSegmentation(SegformerConfig(num_labels=150))
+    model.eval()
+    x = torch.randn(1, 3, size, size, device=device)
+    model.to(device)
+
+    def run():
+        with torch.inference_mode():
+            model(pixel_values=x)
+
+    t = time_call(run, warmup=warmup, runs=runs, cuda=device == "cuda")
+    return {"params_m": count_parameters(model) / 1e6, **t}
+
+
+def format_markdown(result: dict) -> str:
+    """The table for docs/benchmarks.md."""
+    env = (
+        f"{result['device']}, {result['threads']} threads, torch {result['torch']}, {result['cpu']}; "
+        f"batch 1, {result['size']}×{result['size']}, {result['warmup']} warm-ups, {result['runs']} timed runs; "
+        f"dense fp32 matmul peak {result['matmul_gflops']:.0f} GFLOP/s (2048² torch.mm)"
+    )
+    lines = [
+        f"Measured on: {env}.",
+        "",
+        "| model | classifier | params (M) | GMACs | median ms | min ms | offset/linear latency | % of matmul peak |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["models"]:
+        for classifier in ("linear", "offset"):
+            r = row[classifier]
+            ratio = f"×{row['offset_over_linear_latency']:.2f}" if classifier == "offset" else ""
+            lines.append(
+                f"| {row['model']} | {classifier} | {r['params_m']:.2f} | {r['gmacs']:.2f} | "
+                f"{r['median_s'] * 1e3:.0f} | {r['min_s'] * 1e3:.0f} | {ratio} | "
+                f"{100 * r['fraction_of_matmul_peak']:.0f}% |"
+            )
+    peer = result.get("hf_segformer_b0")
+    if peer:
+        lines.append(
+            f"| HF SegformerForSemanticSegmentation B0 (peer) | linear | {peer['params_m']:.2f} | – | "
+            f"{peer['median_s'] * 1e3:.0f} | {peer['min_s'] * 1e3:.0f} | | |"
+        )
+    ol = result.get("offset_learning_paths")
+    if ol:
+        lines += [
+            "",
+            f"Offset Learning alone (K=150, C=256, {ol['size']}×{ol['size']} features): plain "
+            f"{ol['plain']['median_s'] * 1e3:.1f} ms / {ol['plain']['peak_memory_mb']:.0f} MB peak, fused "
+            f"{ol['fused']['median_s'] * 1e3:.1f} ms / {ol['fused']['peak_memory_mb']:.0f} MB "
+            f"(×{ol['speedup']:.2f} faster, ×{ol['memory_ratio']:.2f} less memory).",
+        ]
+    return "\n".join(lines)
+
+
+def run_and_write(out_dir: str | Path = "docs", **kwargs) -> dict:
+    """Run :func:`benchmark_models` and write ``benchmarks.json`` and ``benchmarks.md`` to ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    result = benchmark_models(**kwargs)
+    result["wall_time_s"] = time.time() - t0
+    (out_dir / "benchmarks.json").write_text(json.dumps(result, indent=1))
+    (out_dir / "benchmarks.md").write_text(
+        "# Speed, size and cost\n\nProduced by `offseg bench speed`.\n\n" + format_markdown(result) + "\n"
+    )
+    return result

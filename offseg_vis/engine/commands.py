@@ -1,0 +1,211 @@
+"""The ``offseg train``, ``offseg eval`` and ``offseg predict`` sub-commands.
+
+``offseg_vis/cli.py`` calls :func:`register` and then ``args.func(args)``. Under torchrun,
+``torchrun --nproc_per_node N -m offseg_vis.cli train CONFIG`` runs the same command in N processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from offseg_vis.errors import ConfigError, InputError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``train``, ``eval`` and ``predict`` to the ``offseg`` parser."""
+    p = subparsers.add_parser(
+        "train",
+        help="train a model from a YAML config (CPU or GPU; multi-GPU with torchrun)",
+        description="Train from a YAML config. Overrides like optim.lr=3e-4 schedule.max_iters=200 "
+        "follow the config path. Under torchrun every process runs this command.",
+    )
+    p.add_argument("config", help="YAML config, e.g. configs/offseg-mbv2_fashion-scenes.yaml")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=3e-4")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in the work dir from its last checkpoint"
+    )
+    p.add_argument(
+        "--work-dir", default=None, help="run folder (default: runtime.work_dir or runs/<config name>)"
+    )
+    p.set_defaults(func=_train_command)
+
+    p = subparsers.add_parser("eval", help="evaluate a checkpoint: mIoU, aAcc, mAcc and a per-class table")
+    p.add_argument("checkpoint", help="weights file written by offseg train (.safetensors)")
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="fashion-scenes, ade20k, cityscapes, coco-stuff, pascal-context or folder "
+        "(default: the checkpoint's training dataset)",
+    )
+    p.add_argument(
+        "--root", default=None, help="dataset folder (default: the one in the checkpoint's config)"
+    )
+    p.add_argument("--split", default=None, help="split to evaluate (default: the config's val split)")
+    p.add_argument(
+        "--mode", choices=["whole", "slide"], default=None, help="inference mode (default: the config's)"
+    )
+    p.add_argument("--crop", type=int, nargs="+", default=None, help="slide crop size (h w or one int)")
+    p.add_argument("--stride", type=int, nargs="+", default=None, help="slide stride (h w or one int)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per forward pass")
+    p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
+    p.set_defaults(func=_eval_command)
+
+    p = subparsers.add_parser("predict", help="segment images: colour masks and overlays")
+    p.add_argument("checkpoint", help="weights file written by offseg train (.safetensors)")
+    p.add_argument("images", nargs="+", help="image files (png, jpg, ...)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--mode", choices=["whole", "slide"], default="whole")
+    p.add_argument("--crop", type=int, nargs="+", default=[512])
+    p.add_argument("--stride", type=int, nargs="+", default=[480])
+    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the mask")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.set_defaults(func=_predict_command)
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device asks for CUDA but no CUDA device is available; use --device cpu.")
+    return torch.device(name)
+
+
+def _pair(values):
+    if values is None:
+        return None
+    if isinstance(values, int):
+        return (values, values)
+    return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
+
+
+def _train_command(args: argparse.Namespace) -> int:
+    from offseg_vis.engine.config import load_config
+    from offseg_vis.engine.train import train
+
+    config = load_config(args.config, args.overrides)
+    result = train(config, resume=args.resume, work_dir=args.work_dir)
+    if result.work_dir is not None:
+        print(f"checkpoint: {result.checkpoint}")
+        if result.evals:
+            print(f"best mIoU: {100 * result.best_miou:.2f}")
+    return 0
+
+
+def _eval_command(args: argparse.Namespace) -> int:
+    from offseg_vis.data.datasets import build_dataset
+    from offseg_vis.data.transforms import TestTransform
+    from offseg_vis.engine.checkpoint import load_model
+    from offseg_vis.engine.evaluate import evaluate
+
+    device = _device(args.device)
+    model, meta = load_model(args.checkpoint, device)
+    cfg = meta.get("config") or {}
+    data_cfg, test_cfg = cfg.get("data") or {}, cfg.get("test") or {}
+    name = args.dataset or meta.get("dataset") or data_cfg.get("dataset")
+    if not name:
+        raise ConfigError("The checkpoint does not name its dataset; pass --dataset NAME --root DIR.")
+    same = name == data_cfg.get("dataset")
+    options = (
+        {**(data_cfg.get("dataset_options") or {}), **(data_cfg.get("val_options") or {})} if same else {}
+    )
+    root = args.root or (data_cfg.get("root") if same else None)
+    split = args.split or data_cfg.get("val_split") or "val"
+    dataset = build_dataset(name, root=root, split=split, **options)
+    num_classes = len(getattr(dataset, "classes", []) or []) or model.num_classes
+    if num_classes != model.num_classes:
+        raise ConfigError(
+            f"The dataset {name!r} has {num_classes} classes but the checkpoint's model predicts "
+            f"{model.num_classes}; evaluate on the dataset the model was trained for."
+        )
+    scale = test_cfg.get("scale")
+    metrics = evaluate(
+        model,
+        dataset,
+        mode=args.mode or test_cfg.get("mode", "whole"),
+        crop=_pair(args.crop) or _pair(test_cfg.get("crop_size", 512)),
+        stride=_pair(args.stride) or _pair(test_cfg.get("stride", 480)),
+        batch_size=args.batch_size or int(test_cfg.get("batch_size", 1)),
+        max_images=args.max_images,
+        device=device,
+        class_names=meta.get("class_names") or None,
+        transform=TestTransform(scale=_pair(scale)),
+        progress=sys.stderr.isatty(),
+    )
+    print(metrics.table())
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(metrics.to_dict(), indent=2) + "\n", encoding="utf-8")
+        print(f"metrics written to {out}")
+    return 0
+
+
+def default_palette(num_classes: int) -> np.ndarray:
+    """A fixed, distinguishable (K, 3) uint8 palette for checkpoints that carry none."""
+    rng = np.random.default_rng(12345)
+    palette = rng.integers(0, 256, size=(num_classes, 3), dtype=np.uint8)
+    palette[0] = 0
+    return palette
+
+
+def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """Class ids (H, W) -> RGB (H, W, 3) uint8 with ``palette`` (K, 3)."""
+    return palette[np.clip(labels, 0, len(palette) - 1)]
+
+
+def _predict_command(args: argparse.Namespace) -> int:
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    from offseg_vis.engine.checkpoint import load_model
+
+    device = _device(args.device)
+    model, meta = load_model(args.checkpoint, device)
+    palette = meta.get("palette")
+    palette = np.asarray(palette, dtype=np.uint8) if palette else default_palette(model.num_classes)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for path in map(Path, args.images):
+        try:
+            image = np.asarray(Image.open(path).convert("RGB"))  # (H, W, 3) uint8
+        except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
+            raise InputError(f"Cannot read image {path} ({exc}); pass PNG or JPEG files.") from exc
+        x = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].to(device)  # (1, 3, H, W)
+        with torch.no_grad():
+            logits = model.predict(
+                model.normalize(x), mode=args.mode, crop=_pair(args.crop), stride=_pair(args.stride)
+            )  # (1, K, H, W)
+        labels = logits[0].argmax(0).cpu().numpy()
+        mask = colorize(labels, palette)
+        overlay = (image * (1 - args.alpha) + mask * args.alpha).round().astype(np.uint8)
+        Image.fromarray(mask).save(out / f"{path.stem}_mask.png")
+        Image.fromarray(overlay).save(out / f"{path.stem}_overlay.png")
+        print(f"{path} -> {out / (path.stem + '_mask.png')}, {out / (path.stem + '_overlay.png')}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry (``python -m offseg_vis.engine.commands train ...``) for use without cli.py."""
+    from offseg_vis.errors import OffSegError
+
+    parser = argparse.ArgumentParser(prog="offseg")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except OffSegError as err:
+        print(f"offseg {args.command}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
