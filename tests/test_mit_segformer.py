@@ -126,9 +126,7 @@ def test_segformer_head_shapes_per_classifier(classifier, stride):
 
 
 def test_segformer_head_pool_override_and_gn():
-    head = SegFormerHead(
-        [8, 8, 8, 8], 3, channels=32, classifier="linear", pool_before_classifier=True, norm="gn"
-    )
+    head = SegFormerHead([8, 8, 8, 8], 3, channels=32, classifier="linear", pool_before_classifier=True, norm="gn")
     assert head.output_stride == 8
     assert "convs.0.gn.weight" in head.state_dict()
     with pytest.raises(ConfigError):

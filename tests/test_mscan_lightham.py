@@ -36,9 +36,7 @@ def assert_close_rel(got: torch.Tensor, ref: torch.Tensor, tol: float = 1e-4) ->
 def segnext(variant: str, num_classes: int = 150, classifier: str = "offset", width: int | None = None):
     width = width or HEAD_WIDTH[variant]
     backbone = mscan(variant)
-    head = LightHamHead(
-        backbone.out_channels, num_classes, ham_channels=width, channels=width, classifier=classifier
-    )
+    head = LightHamHead(backbone.out_channels, num_classes, ham_channels=width, channels=width, classifier=classifier)
     return Segmentor(backbone, head)
 
 

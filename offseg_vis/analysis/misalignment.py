@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from offseg_vis.analysis.probe import IGNORE_INDEX, ImageProbe, label_probe_at_features
 from offseg_vis.analysis.scores import confusion_matrix, iou_from_confusion, mean_iou
@@ -69,7 +70,10 @@ def ideal_class_embed(
     e_valid = e[valid]  # (n, C)
     m = np.eye(num_classes)[lab[valid]].T  # (K, n) one-hot
     # E = U S Vᵀ  =>  (Eᵀ)⁺ = U S⁻¹ Vᵀ  and  W* = M U S⁻¹ Vᵀ.
-    u, s, vt = np.linalg.svd(e_valid, full_matrices=False)  # (n, r), (r,), (r, C)
+    # One BLAS thread: these matrices are small, and multi-threaded LAPACK on busy shared cores can be
+    # 100x slower (threads spin-waiting for each other).
+    with threadpool_limits(limits=1, user_api="blas"):
+        u, s, vt = np.linalg.svd(e_valid, full_matrices=False)  # (n, r), (r,), (r, C)
     keep = s > rcond * s[0] if s.size and s[0] > 0 else np.zeros_like(s, dtype=bool)
     w_star = (m @ u[:, keep]) / s[keep] @ vt[keep]  # (K, C)
     prediction = (e @ w_star.T).argmax(1)  # (N,)

@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "follow the config path. Under torchrun every process runs this command.",
     )
     p.add_argument("config", help="YAML config, e.g. configs/offseg-mbv2_fashion-scenes.yaml")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=3e-4")
+    # REMAINDER so overrides and --resume / --work-dir may come in any order after the config
+    p.add_argument("overrides", nargs=argparse.REMAINDER, help="dotted key=value overrides, e.g. optim.lr=3e-4")
     p.add_argument(
         "--resume", action="store_true", help="continue the run in the work dir from its last checkpoint"
     )
@@ -87,12 +88,33 @@ def _pair(values):
     return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
 
 
+def _split_train_args(rest: list[str], resume: bool, work_dir: str | None) -> tuple[list[str], bool, str | None]:
+    """Separate ``--resume`` / ``--work-dir DIR`` given after the config from the overrides."""
+    overrides = []
+    it = iter(rest)
+    for arg in it:
+        if arg == "--resume":
+            resume = True
+        elif arg == "--work-dir":
+            work_dir = next(it, None)
+            if work_dir is None:
+                raise ConfigError("--work-dir needs a folder.")
+        elif arg.startswith("--work-dir="):
+            work_dir = arg.split("=", 1)[1]
+        elif arg.startswith("-"):
+            raise ConfigError(f"Unknown option {arg!r} for offseg train (options: --resume, --work-dir DIR).")
+        else:
+            overrides.append(arg)
+    return overrides, resume, work_dir
+
+
 def _train_command(args: argparse.Namespace) -> int:
     from offseg_vis.engine.config import load_config
     from offseg_vis.engine.train import train
 
-    config = load_config(args.config, args.overrides)
-    result = train(config, resume=args.resume, work_dir=args.work_dir)
+    overrides, resume, work_dir = _split_train_args(args.overrides, args.resume, args.work_dir)
+    config = load_config(args.config, overrides)
+    result = train(config, resume=resume, work_dir=work_dir)
     if result.work_dir is not None:
         print(f"checkpoint: {result.checkpoint}")
         if result.evals:

@@ -206,8 +206,12 @@ def _pair(v) -> tuple[int, int] | None:
 
 def build_datasets(config: Config, train_raw=None, val_raw=None):
     """(train TransformedDataset, raw val dataset, val transform, class names, palette)."""
-    from offseg_vis.data.datasets import build_dataset
     from offseg_vis.data.transforms import TestTransform, TrainTransform, TransformedDataset
+
+    try:
+        from offseg_vis.data.datasets import build_dataset
+    except ImportError:  # the real-dataset readers are optional for FashionScenes
+        build_dataset = _build_fashion_scenes
 
     d = config.data
     if train_raw is None:
@@ -231,6 +235,17 @@ def build_datasets(config: Config, train_raw=None, val_raw=None):
     classes = list(getattr(train_raw, "classes", None) or getattr(val_raw, "classes", None) or [])
     palette = getattr(train_raw, "palette", None) or getattr(val_raw, "palette", None)
     return train_ds, val_raw, val_transform, classes, palette
+
+
+def _build_fashion_scenes(name: str, root=None, split: str = "train", **options):
+    """FashionScenes without ``offseg_vis.data.datasets`` (generator options go to its config)."""
+    from offseg_vis.data.fashion_scenes import FashionScenes, config_from_dict
+
+    if name != "fashion-scenes":
+        raise ConfigError(f"Dataset {name!r} needs offseg_vis.data.datasets, which is not available.")
+    ds_args = {k: options.pop(k) for k in ("length", "stream", "fmnist", "progress") if k in options}
+    config = config_from_dict(options) if options else None
+    return FashionScenes(split=split, root=root, config=config, **ds_args)
 
 
 def _batch_names(dataset, indices: Sequence[int]) -> list[str]:
@@ -646,6 +661,7 @@ def _train(config, info: DistInfo, resume, work_dir, model, train_raw, val_raw, 
         model.train()
         while step < sched.max_iters:
             sampler.set_epoch(epoch)
+            train_ds.set_epoch(epoch)  # in this process too: names of a bad batch, workers=0
             sampler.start_index = skip * d.batch_size
             loader = DataLoader(
                 loader_ds,

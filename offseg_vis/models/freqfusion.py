@@ -69,7 +69,7 @@ def carafe(features: Tensor, kernels: Tensor, kernel_size: int, group: int = 1, 
         for j in range(k):
             window = padded[:, :, :, i : i + h, j : j + w]  # (N, G, C/G, h, w) = f[⌊y/s⌋ + i − r, ...]
             weight = taps[:, :, i * k + j]  # (N, G, h, s, w, s)
-            out = out + window[:, :, :, :, None, :, None] * weight[:, :, None]
+            out.addcmul_(window[:, :, :, :, None, :, None], weight[:, :, None])  # in place: no k² copies
     return out.view(n, c, s * h, s * w)
 
 

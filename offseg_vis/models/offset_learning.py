@@ -118,11 +118,12 @@ class OffsetLearning(nn.Module):
         self.class_offsets = class_offsets
         self.feature_offsets = feature_offsets
         self.logit_norm = logit_norm
+        # Registration order = the official state-dict order.
         self.cls_repr = nn.Parameter(torch.empty(1, num_classes, embed_dims))
+        self.mask_norm = nn.LayerNorm(num_classes, eps=1e-5) if logit_norm != "none" else None
         # Ablated branches have no projection at all, so no parameter sits there unused.
         self.cls_offset_proj = nn.Linear(embed_dims, embed_dims, bias=False) if class_offsets else None
         self.feat_offset_proj = nn.Linear(embed_dims, embed_dims, bias=False) if feature_offsets else None
-        self.mask_norm = nn.LayerNorm(num_classes, eps=1e-5) if logit_norm != "none" else None
         self.logit_scale = nn.Parameter(torch.ones(())) if logit_norm == "scaled_layernorm" else None
         self.reset_parameters(init_std)
 

@@ -102,7 +102,8 @@ class Segmentor(nn.Module):
         images (B, 3, H, W) normalised; labels (B, H, W) int64 with ``ignore_index`` for unlabelled
         pixels. Returns a scalar. A batch with no labelled pixel gives 0 (not NaN).
         """
-        logits = self(images)
+        # Back to the input's own grid first: padded inputs give logits over the padded canvas.
+        logits = self._resize_to_input(self(images), images)
         return self.loss_from_logits(logits, labels)
 
     def loss_from_logits(self, logits: Tensor, labels: Tensor) -> Tensor:

@@ -137,22 +137,17 @@ def relative_bias_index(query_grid: int, key_grid: int) -> Tensor:
     d_col = (q_cols[:, None] - k_cols[None, :]).abs()
     # First-seen numbering of (d_row, d_col) pairs in raster order of (query, key).
     codes = (d_row * (key_grid + step * query_grid) + d_col).flatten()  # unique code per offset
-    _, first_pos = _first_occurrence(codes)
-    return first_pos.view(query_grid * query_grid, key_grid * key_grid)
+    return _first_seen_rank(codes).view(query_grid * query_grid, key_grid * key_grid)
 
 
-def _first_occurrence(codes: Tensor) -> tuple[Tensor, Tensor]:
-    """Number the distinct values of ``codes`` (L,) in order of first appearance.
-
-    Returns (distinct values in that order, the number of each element (L,)).
-    """
-    uniq, inverse = torch.unique(codes, return_inverse=True)
-    first = torch.full((uniq.numel(),), codes.numel(), dtype=torch.long)
-    first.scatter_reduce_(0, inverse, torch.arange(codes.numel()), reduce="amin")
-    order = torch.argsort(first)  # distinct values sorted by first appearance
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(order.numel())
-    return uniq[order], rank[inverse]
+def _first_seen_rank(codes: Tensor) -> Tensor:
+    """codes (L,) -> (L,) int64: each element's value numbered 0, 1, ... in order of first appearance."""
+    _, inverse = torch.unique(codes, return_inverse=True)  # (L,) index of each element's value
+    first = torch.full((int(inverse.max()) + 1,), codes.numel(), dtype=torch.long)
+    first.scatter_reduce_(0, inverse, torch.arange(codes.numel()), reduce="amin")  # first position per value
+    rank = torch.empty_like(first)
+    rank[torch.argsort(first)] = torch.arange(first.numel())
+    return rank[inverse]
 
 
 class Mlp(nn.Module):
@@ -544,7 +539,7 @@ def _read_checkpoint(source: str | os.PathLike | Mapping, allow_pickle: bool) ->
             )
         try:
             state = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-        except Exception as err:  # noqa: BLE001 - any unpickling failure becomes one clear message
+        except Exception as err:  # any unpickling failure becomes one clear message
             hint = (
                 " If the file comes from a source you trust and holds extra Python objects, call again "
                 "with allow_pickle=True."

@@ -164,9 +164,7 @@ class MixFFN(nn.Module):
 class MiTBlock(nn.Module):
     """Pre-norm transformer block: x + attn(LN(x)), then x + MixFFN(LN(x)); tokens (B, N, C)."""
 
-    def __init__(
-        self, embed_dim: int, num_heads: int, sr_ratio: int, mlp_ratio: int, drop_path: float = 0.0
-    ) -> None:
+    def __init__(self, embed_dim: int, num_heads: int, sr_ratio: int, mlp_ratio: int, drop_path: float = 0.0) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(embed_dim, eps=LAYER_NORM_EPS)
         self.attn = EfficientSelfAttention(embed_dim, num_heads, sr_ratio)
@@ -244,9 +242,7 @@ class MixVisionTransformer(nn.Module):
     def forward(self, x: Tensor) -> list[Tensor]:
         """images (B, 3, H, W) -> [(B, C_0, H/4, W/4), ..., (B, C_3, H/32, W/32)] (sizes rounded up)."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise InputError(
-                f"MiT expects images of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}."
-            )
+            raise InputError(f"MiT expects images of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}.")
         if not (self._fits(x.shape[2]) and self._fits(x.shape[3])):
             raise InputError(
                 f"MiT needs images of at least {self.min_input_size()} pixels per side, got "

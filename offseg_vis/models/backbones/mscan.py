@@ -211,9 +211,7 @@ class MSCAN(nn.Module):
     def forward(self, x: Tensor) -> list[Tensor]:
         """images (B, 3, H, W) -> [(B, C_0, H/4, W/4), ..., (B, C_3, H/32, W/32)] (sizes rounded up)."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise InputError(
-                f"MSCAN expects images of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}."
-            )
+            raise InputError(f"MSCAN expects images of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}.")
         outs = []
         for embed, blocks, norm in self.stages():
             x = embed(x)  # (B, C, H, W)

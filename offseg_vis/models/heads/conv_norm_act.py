@@ -54,9 +54,7 @@ class ConvNormAct(nn.Module):
     ) -> None:
         super().__init__()
         norm_layer = build_norm(norm, out_channels)
-        self.conv = nn.Conv2d(
-            in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=norm_layer is None
-        )
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=norm_layer is None)
         self.norm_name = norm
         if norm_layer is not None:
             self.add_module(norm, norm_layer)

@@ -96,9 +96,7 @@ class NMF2D(nn.Module):
             initial_bases = self.random_bases(b, dim)
         expected = (b * self.spatial_groups, dim, self.rank)
         if tuple(initial_bases.shape) != expected:
-            raise InputError(
-                f"NMF2D initial bases must have shape {expected}, got {tuple(initial_bases.shape)}."
-            )
+            raise InputError(f"NMF2D initial bases must have shape {expected}, got {tuple(initial_bases.shape)}.")
         # Multiplicative updates divide by small numbers: run them in float32 even under autocast.
         with torch.autocast(device_type=x.device.type, enabled=False):
             xf = x.float().reshape(b * self.spatial_groups, dim, h * w)  # (G, D, N)
@@ -114,8 +112,7 @@ class NMF2D(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"S={self.spatial_groups}, R={self.rank}, steps={self.train_steps}/{self.eval_steps}, "
-            f"T={self.temperature}"
+            f"S={self.spatial_groups}, R={self.rank}, steps={self.train_steps}/{self.eval_steps}, T={self.temperature}"
         )
 
 

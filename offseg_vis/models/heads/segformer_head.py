@@ -63,9 +63,7 @@ class SegFormerHead(nn.Module):
     ) -> None:
         super().__init__()
         if len(in_channels) != 4:
-            raise ConfigError(
-                f"SegFormerHead needs the channels of 4 backbone maps, got {list(in_channels)}."
-            )
+            raise ConfigError(f"SegFormerHead needs the channels of 4 backbone maps, got {list(in_channels)}.")
         self.in_channels = list(in_channels)
         self.num_classes = num_classes
         self.channels = channels
@@ -100,9 +98,7 @@ class SegFormerHead(nn.Module):
             x = self.pool(x)  # (B, C, H_0 // 2, W_0 // 2)
         return x
 
-    def forward(
-        self, features: list[Tensor], return_intermediates: bool = False
-    ) -> Tensor | ClassifierOutput:
+    def forward(self, features: list[Tensor], return_intermediates: bool = False) -> Tensor | ClassifierOutput:
         """4 maps -> logits (B, K, h, w), or the classifier's :class:`ClassifierOutput`."""
         x = self.decode(features)
         if self.dropout is not None:

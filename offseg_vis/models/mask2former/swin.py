@@ -219,7 +219,9 @@ class SwinTransformer(nn.Module):
         num_stages = len(cfg.depths)
         self.out_channels = [cfg.embed_dims * 2**i for i in range(num_stages)]
         self.patch_embed = PatchEmbed(cfg.embed_dims, cfg.patch_size)
-        rates = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths)).tolist()
+        total = sum(cfg.depths)
+        # Stochastic depth grows linearly with block index (plain Python: works on the meta device).
+        rates = [cfg.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
         self.stages = nn.ModuleList()
         start = 0
         for i, depth in enumerate(cfg.depths):
