@@ -93,7 +93,9 @@ def test_cat_max_ratio_is_honoured():
         counts = np.bincount(mask[y0:y1, x0:x1].ravel(), minlength=2)
         return counts.max() / counts.sum()
 
-    constrained = [dominant_share(random_crop_box(mask, (32, 32), np.random.default_rng(s), 0.75)) for s in range(60)]
+    constrained = [
+        dominant_share(random_crop_box(mask, (32, 32), np.random.default_rng(s), 0.75)) for s in range(60)
+    ]
     free = [dominant_share(random_crop_box(mask, (32, 32), np.random.default_rng(s), 1.0)) for s in range(60)]
     assert max(constrained) < 0.75
     assert max(free) >= 0.75  # the test can fail
