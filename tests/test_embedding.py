@@ -22,7 +22,7 @@ K, C = 3, 6
 def _probes(n=2, offset=True, seed=0, with_label=True):
     rng = np.random.default_rng(seed)
     out = []
-    for i in range(n):
+    for _ in range(n):
         lab = np.zeros((10, 10), dtype=np.int64)
         lab[:, 6:] = 1
         lab[0, :3] = 2  # a small class: 3 pixels per image

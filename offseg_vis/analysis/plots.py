@@ -526,29 +526,31 @@ def plot_iou_bars(ious: Mapping[str, np.ndarray], class_names: Sequence[str] | N
 
 
 def plot_training_curves(
-    histories: Mapping[str, Mapping[str, Sequence[float]]], x_key: str = "step"
+    histories: Mapping[str, Mapping[str, Sequence[float]]], x_keys: Sequence[str] = ("step", "eval_step")
 ) -> Figure:
     """One panel per metric found in the histories (e.g. loss, mIoU), one line per run.
 
-    histories: run name -> {x_key: [...], metric: [...], ...}; metrics whose list length differs from
-    ``x_key``'s are plotted against their own index.
+    histories: run name -> {"step": [...], "loss": [...], "eval_step": [...], "mIoU": [...]} (the engine's
+    ``TrainResult.history``). Each metric is drawn against the first of ``x_keys`` with as many values,
+    else against its index.
     """
     metrics = []
     for hist in histories.values():
-        metrics += [m for m in hist if m != x_key and m not in metrics]
+        metrics += [m for m in hist if m not in x_keys and m not in metrics]
     if not metrics:
         raise InputError("plot_training_curves found no metric in the histories.")
     fig = new_figure(4.2 * len(metrics), 3.4)
     axes = np.atleast_1d(fig.subplots(1, len(metrics)))
     for ax, metric in zip(axes, metrics):
         for name, hist in histories.items():
-            if metric not in hist:
+            if metric not in hist or len(hist[metric]) == 0:
                 continue
             y = np.asarray(hist[metric], dtype=float)
-            x = np.asarray(hist[x_key]) if x_key in hist and len(hist[x_key]) == len(y) else np.arange(len(y))
+            x_name = next((k for k in x_keys if k in hist and len(hist[k]) == len(y)), None)
+            x = np.asarray(hist[x_name]) if x_name else np.arange(len(y))
             ax.plot(x, y, marker="o" if len(y) < 30 else None, ms=3, label=name)
         ax.set_title(metric)
-        ax.set_xlabel(x_key)
+        ax.set_xlabel("step")
         ax.legend(fontsize=8, frameon=False)
     return fig
 

@@ -474,9 +474,11 @@ def train(
         ConfigError, CheckpointError, DatasetError: bad settings, files or data.
     """
     info = setup_distributed(config.runtime.device)
+    threads = torch.get_num_threads()
     try:
         return _train(config, info, resume, work_dir, model, train_dataset, val_dataset, callbacks)
     finally:
+        torch.set_num_threads(threads)  # a notebook or test keeps its own setting
         if info.created_group and dist.is_initialized():
             dist.destroy_process_group()
 

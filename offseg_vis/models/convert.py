@@ -129,7 +129,10 @@ def load_official_checkpoint(model: nn.Module, path: str | Path) -> ConversionRe
 
 
 def load_backbone_checkpoint(model_name: str, backbone: nn.Module, path: str | Path) -> ConversionReport:
-    """Load ImageNet weights (official EfficientFormerV2 / MiT / MSCAN release) into a backbone.
+    """Load ImageNet weights (mmseg's MiT / MSCAN pretrain files) into a backbone.
+
+    EfficientFormerV2 has its own loader (``backbones.efficientformer_v2.load_imagenet_weights``)
+    because its segmentation-only attention biases are not in the ImageNet file.
 
     Keys may carry a ``backbone.`` prefix; ImageNet classifier keys are dropped and reported.
     """
@@ -145,11 +148,6 @@ def load_backbone_checkpoint(model_name: str, backbone: nn.Module, path: str | P
         if new != key:
             report.renamed[key] = new
         out[new] = value
-    # Keys trained from zero in segmentation (EfficientFormerV2's attention_biases_seg) are not in
-    # the ImageNet file: keep their initial values.
-    for key in target:
-        if key not in out and "_seg" in key:
-            out[key] = target[key]
     _check_against(out, target, report, what=f"{model_name} backbone")
     backbone.load_state_dict({k: v.to(target[k].dtype) for k, v in out.items()}, strict=True)
     _refresh_caches(backbone)

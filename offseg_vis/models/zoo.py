@@ -215,6 +215,11 @@ def _load_backbone_weights(name: str, backbone: nn.Module, source: bool | str | 
             f"No ImageNet weights for {name}'s backbone ship with this package (no offline source exists): "
             "download the official ImageNet checkpoint yourself and pass its path as backbone_pretrained."
         )
+    if name in ("offseg-t", "offseg-b", "offseg-l"):
+        from offseg_vis.models.backbones.efficientformer_v2 import load_imagenet_weights as load_eff
+
+        load_eff(backbone, source)
+        return
     from offseg_vis.models.convert import load_backbone_checkpoint
 
     load_backbone_checkpoint(name, backbone, source)

@@ -1,0 +1,220 @@
+"""What the notebooks share: fast/full settings, the models (shipped checkpoint or a small one trained
+now), FashionScenes validation samples and evaluation — so every notebook cell stays a one-liner.
+
+Fast mode (``OFFSEG_FAST=1``, used by the test suite) shrinks images, points and training steps so a
+notebook runs in well under three minutes on 2 CPU cores; without it the notebooks do the full version.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from offseg_vis.analysis.cache import file_digest
+from offseg_vis.errors import CheckpointError
+
+MODEL_NAME = "offseg-mbv2"
+DEFAULT_CONFIG = "offseg-mbv2_fashion-scenes.yaml"
+
+
+def fast_mode() -> bool:
+    """True when ``OFFSEG_FAST`` is set to 1/true/yes."""
+    return os.environ.get("OFFSEG_FAST", "").strip().lower() in ("1", "true", "yes")
+
+
+@dataclass(frozen=True)
+class NotebookSettings:
+    """Sizes the notebooks use (fast vs full).
+
+    Attributes:
+        fast: fast mode on.
+        n_images: validation images probed (misalignment, offsets, embeddings).
+        eval_images: validation images for mIoU tables.
+        max_points: points of the joint UMAP (before + after).
+        umap_epochs: UMAP optimisation epochs (None = UMAP's default).
+        fallback_steps: steps of the small model trained when no checkpoint ships.
+        compare_steps: steps per classifier in the offset-vs-linear training notebook.
+        batch_size: training batch size of those runs.
+    """
+
+    fast: bool
+    n_images: int
+    eval_images: int
+    max_points: int
+    umap_epochs: int | None
+    fallback_steps: int
+    compare_steps: int
+    batch_size: int
+
+
+def settings(fast: bool | None = None) -> NotebookSettings:
+    """The settings for fast mode (``OFFSEG_FAST=1``) or the full notebooks."""
+    fast = fast_mode() if fast is None else fast
+    if fast:
+        return NotebookSettings(True, n_images=12, eval_images=16, max_points=4000, umap_epochs=100,
+                                fallback_steps=30, compare_steps=20, batch_size=8)
+    return NotebookSettings(False, n_images=60, eval_images=200, max_points=50_000, umap_epochs=None,
+                            fallback_steps=600, compare_steps=800, batch_size=16)
+
+
+def repo_root() -> Path:
+    """The repository folder (the package is installed in editable mode from it)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def checkpoints_dir() -> Path:
+    """``$OFFSEG_CHECKPOINTS`` or the repository's ``checkpoints/``."""
+    env = os.environ.get("OFFSEG_CHECKPOINTS")
+    return Path(env) if env else repo_root() / "checkpoints"
+
+
+def shipped_checkpoint(classifier: str, model_name: str = MODEL_NAME) -> Path | None:
+    """``checkpoints/<model>_<classifier>.safetensors`` when it exists, else None."""
+    path = checkpoints_dir() / f"{model_name}_{classifier}.safetensors"
+    return path if path.is_file() else None
+
+
+def runs_dir() -> Path:
+    """Where notebook training runs go: ``$OFFSEG_RUNS`` or the repository's ``runs/notebooks``."""
+    env = os.environ.get("OFFSEG_RUNS")
+    return Path(env) if env else repo_root() / "runs" / "notebooks"
+
+
+def cache_dir() -> Path:
+    """Where analysis caches (UMAP maps) go: ``$OFFSEG_CACHE`` or the repository's ``.cache/analysis``."""
+    env = os.environ.get("OFFSEG_CACHE")
+    return Path(env) if env else repo_root() / ".cache" / "analysis"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for analysis and where it came from.
+
+    Attributes:
+        model: the Segmentor (eval mode, CPU).
+        classifier: "offset" or "linear".
+        source: a sentence saying which checkpoint was loaded or that a small model was trained now.
+        checkpoint: the weights file.
+        key: digest of the weights file (keys analysis caches).
+        trained_now: True when no shipped checkpoint existed and one was trained for the notebook.
+        metadata: the checkpoint's JSON card.
+    """
+
+    model: nn.Module
+    classifier: str
+    source: str
+    checkpoint: Path
+    key: str
+    trained_now: bool
+    metadata: dict = field(default_factory=dict)
+
+
+def training_config(classifier: str, steps: int, batch_size: int, eval_images: int, work_dir: Path):
+    """The CPU default config (``configs/offseg-mbv2_fashion-scenes.yaml`` when present, else the same
+    recipe in code), shortened to ``steps`` and made quiet for a notebook."""
+    from offseg_vis.engine.config import Config, apply_overrides, load_config
+
+    overrides = [
+        f"model.classifier={classifier}",
+        f"schedule.max_iters={steps}",
+        f"schedule.warmup_iters={max(1, min(200, steps // 10))}",
+        "schedule.eval_interval=0",
+        f"schedule.checkpoint_interval={steps}",
+        f"schedule.log_interval={max(1, steps // 50)}",
+        f"data.batch_size={batch_size}",
+        "data.num_workers=0",
+        f"data.val_options={{length: {eval_images}}}",
+        f"test.max_images={eval_images}",
+        "runtime.progress=false",
+        "runtime.tensorboard=false",
+        "runtime.overwrite=true",
+        f"runtime.work_dir={work_dir.as_posix()}",
+    ]
+    path = repo_root() / "configs" / DEFAULT_CONFIG
+    if path.is_file():
+        return load_config(path, overrides)
+    base = Config(name="offseg-mbv2_fashion-scenes")
+    base.model.backbone_pretrained = True
+    base.data.crop_size = [128, 128]
+    base.data.ratio_range = [0.75, 1.5]
+    base.optim.lr = 1e-3
+    base.schedule.warmup_start_factor = 1e-3
+    return apply_overrides(base, overrides)
+
+
+def train_small(
+    classifier: str, steps: int, batch_size: int = 8, eval_images: int = 16, work_dir: Path | None = None
+):
+    """Train OffSeg-MBV2 with ``classifier`` for ``steps`` steps from the CPU default config.
+
+    Returns the engine's ``TrainResult`` (history, checkpoint paths, final metrics).
+    """
+    from offseg_vis.engine.train import train
+
+    work_dir = work_dir or runs_dir() / f"{MODEL_NAME}_{classifier}_{steps}steps"
+    return train(training_config(classifier, steps, batch_size, eval_images, work_dir))
+
+
+def _load(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    from offseg_vis.engine.checkpoint import load_model
+
+    return load_model(path, device="cpu")
+
+
+def load_or_train(classifier: str = "offset", fast: bool | None = None) -> LoadedModel:
+    """The shipped checkpoint of OffSeg-MBV2 with ``classifier``; if none ships, a small model trained
+    now (``settings().fallback_steps`` steps; reused from ``runs/notebooks`` on later calls)."""
+    shipped = shipped_checkpoint(classifier)
+    if shipped is not None:
+        model, meta = _load(shipped)
+        return LoadedModel(model, classifier, f"loaded the shipped checkpoint {shipped.name}", shipped,
+                           file_digest(shipped), False, meta)
+    s = settings(fast)
+    work_dir = runs_dir() / f"{MODEL_NAME}_{classifier}_{s.fallback_steps}steps"
+    weights = work_dir / "last.safetensors"
+    if not weights.is_file():
+        result = train_small(classifier, s.fallback_steps, s.batch_size, s.eval_images, work_dir)
+        weights = Path(result.last_checkpoint or result.checkpoint)
+    if not weights.is_file():
+        raise CheckpointError(f"Training finished but wrote no weights in {work_dir}; check its train.log.")
+    model, meta = _load(weights)
+    note = (f"no shipped checkpoint in {checkpoints_dir().name}/, so a small model was trained for "
+            f"{s.fallback_steps} steps ({'fast mode' if s.fast else 'full mode'}); expect weak results")
+    return LoadedModel(model, classifier, note, weights, file_digest(weights), True, meta)
+
+
+def val_samples(n: int, start: int = 0) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    """The first ``n`` FashionScenes validation scenes from ``start``: (images, masks, names)."""
+    from offseg_vis.data.fashion_scenes import FashionScenes
+
+    ds = FashionScenes("val", length=start + n, progress=False)
+    items = [ds[i] for i in range(start, start + n)]
+    return [a for a, _, _ in items], [b for _, b, _ in items], [c for _, _, c in items]
+
+
+def class_names() -> list[str]:
+    """FashionScenes' 11 class names."""
+    from offseg_vis.data.fashion_scenes import CLASSES
+
+    return list(CLASSES)
+
+
+def palette() -> np.ndarray:
+    """FashionScenes' colours (11, 3) uint8."""
+    from offseg_vis.data.fashion_scenes import PALETTE
+
+    return np.asarray(PALETTE, dtype=np.uint8)
+
+
+def evaluate_val(model: nn.Module, n_images: int):
+    """mIoU / per-class IoU on the first ``n_images`` validation scenes (the engine's evaluator)."""
+    from offseg_vis.data.fashion_scenes import FashionScenes
+    from offseg_vis.engine.evaluate import evaluate
+
+    ds = FashionScenes("val", length=n_images, progress=False)
+    return evaluate(model, ds, batch_size=8, class_names=class_names())
