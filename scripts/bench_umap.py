@@ -56,7 +56,8 @@ def main() -> None:
     times, cpu = [], []
     for r in range(args.repeats):
         start, start_cpu = time.perf_counter(), time.process_time()
-        emb = fit_joint_umap(pixels, seed=r, method=args.method, n_epochs=args.n_epochs)
+        extra = {} if args.n_epochs is None else {"n_epochs": args.n_epochs}
+        emb = fit_joint_umap(pixels, seed=r, method=args.method, **extra)
         times.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
         # CPU seconds (all threads) tell how much work it was when other jobs share the cores.

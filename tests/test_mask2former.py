@@ -35,6 +35,16 @@ from offseg_vis.models.mask2former.swin import PatchMerging, SwinTransformer, sh
 K = 5
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """These models are small: one thread is about as fast, and it does not stall when the CPU is
+    shared (OpenMP barriers in thousands of tiny ops wait on descheduled threads)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module", params=["offset", "linear"])
 def tiny_model(request):
     torch.manual_seed(0)

@@ -144,6 +144,12 @@ class MisalignmentReport:
         """Mean of ``alignment`` over classes seen in at least one image."""
         return _nanmean(self.alignment)
 
+    def frequent_classes(self, n: int = 6, exclude: Sequence[int] = ()) -> list[int]:
+        """The ``n`` classes with a heatmap that appear in the most images (ties: lower id first)."""
+        images = (self.pixel_counts > 0).sum(0)
+        ranked = sorted((c for c in self.cosine_matrices if c not in exclude), key=lambda c: (-images[c], c))
+        return ranked[:n]
+
     def rows(self) -> list[dict]:
         """One dict per class plus an "overall" row: class, images, consistency, alignment, sanity IoU."""
         images = (self.pixel_counts > 0).sum(0)

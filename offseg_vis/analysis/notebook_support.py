@@ -36,7 +36,7 @@ class NotebookSettings:
         n_images: validation images probed (misalignment, offsets, embeddings).
         eval_images: validation images for mIoU tables.
         max_points: points of the joint UMAP (before + after).
-        umap_epochs: UMAP optimisation epochs (None = UMAP's default).
+        umap_epochs: UMAP optimisation epochs.
         fallback_steps: steps of the small model trained when no checkpoint ships.
         compare_steps: steps per classifier in the offset-vs-linear training notebook.
         batch_size: training batch size of those runs.
@@ -56,9 +56,9 @@ def settings(fast: bool | None = None) -> NotebookSettings:
     """The settings for fast mode (``OFFSEG_FAST=1``) or the full notebooks."""
     fast = fast_mode() if fast is None else fast
     if fast:
-        return NotebookSettings(True, n_images=12, eval_images=16, max_points=4000, umap_epochs=100,
-                                fallback_steps=30, compare_steps=20, batch_size=8)
-    return NotebookSettings(False, n_images=60, eval_images=200, max_points=50_000, umap_epochs=None,
+        return NotebookSettings(True, n_images=12, eval_images=8, max_points=4000, umap_epochs=60,
+                                fallback_steps=20, compare_steps=10, batch_size=4)
+    return NotebookSettings(False, n_images=60, eval_images=200, max_points=50_000, umap_epochs=100,
                             fallback_steps=600, compare_steps=800, batch_size=16)
 
 

@@ -353,6 +353,46 @@ def plot_cosine_heatmaps(
     return fig
 
 
+def plot_cosine_heatmap_comparison(
+    reports: Mapping[str, MisalignmentReport], classes: Sequence[int] | None = None
+) -> Figure:
+    """Fig. 3 side by side: one row per report (e.g. before, after, baseline), one column per class.
+
+    classes: default the 6 most frequent classes of the first report that every report has a matrix for.
+    """
+    if not reports:
+        raise InputError("plot_cosine_heatmap_comparison needs at least one report.")
+    first = next(iter(reports.values()))
+    if classes is None:
+        classes = [c for c in first.frequent_classes(len(first.class_names))
+                   if all(c in r.cosine_matrices for r in reports.values())][:6]
+    classes = list(classes)
+    if not classes:
+        raise InputError("No class has a cosine matrix in every report; use more labelled images.")
+    fig = new_figure(2.3 * len(classes) + 1.0, 2.4 * len(reports) + 0.4)
+    axes = np.asarray(fig.subplots(len(reports), len(classes))).reshape(len(reports), len(classes))
+    im = None
+    for r, (name, rep) in enumerate(reports.items()):
+        for j, c in enumerate(classes):
+            ax = axes[r, j]
+            if c not in rep.cosine_matrices:
+                ax.axis("off")
+                continue
+            m = rep.cosine_matrices[c]
+            im = ax.pcolormesh(m, cmap="coolwarm", vmin=-1, vmax=1, edgecolors="white", linewidth=0.4)
+            ax.set_xlim(0, m.shape[0])
+            ax.set_ylim(m.shape[0], 0)
+            ax.set_aspect("equal")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{rep.class_names[c]}: {rep.consistency[c]:.2f}", fontsize=8)
+            if j == 0:
+                ax.set_ylabel(name, fontsize=8)
+    fig.colorbar(im, ax=axes.ravel().tolist(), ticks=np.linspace(-1, 1, 9), shrink=0.8)
+    fig.suptitle("cosine similarity of each image's ideal prototype W*_k (title: mean off-diagonal)", fontsize=9)
+    return fig
+
+
 def plot_misalignment_summary(
     reports: Mapping[str, MisalignmentReport], metrics: Sequence[str] = ("consistency", "alignment")
 ) -> Figure:

@@ -133,8 +133,10 @@ class Mask2FormerHead(nn.Module):
             pos = sine_position_encoding(h, w, m.shape[1] // 2, self.cfg.pos_temperature, m.device, m.dtype)
             memory_pos.append(pos.flatten(2).transpose(1, 2).expand(b, -1, -1))  # (B, h*w, C)
             sizes.append((h, w))
-        query = self.query_feat.weight.unsqueeze(0).expand(b, -1, -1)  # (B, Q, C)
-        query_pos = self.query_embed.weight.unsqueeze(0).expand(b, -1, -1)  # (B, Q, C)
+        # Copies, not expanded views: a no-grad view of a parameter confuses autograd-based tools
+        # (FlopCounterMode's module tracker).
+        query = self.query_feat.weight.unsqueeze(0).repeat(b, 1, 1)  # (B, Q, C)
+        query_pos = self.query_embed.weight.unsqueeze(0).repeat(b, 1, 1)  # (B, Q, C)
         layers = self.transformer_decoder.layers
         last = len(layers) == 0
         cls, masks, blocked, embed, inter = self._predict(

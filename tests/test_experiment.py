@@ -1,0 +1,273 @@
+"""The experiment runner: arms, budgets, the results file (append, skip, resume) and the table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import pytest
+
+from offseg_vis.bench import experiment as ex
+from offseg_vis.errors import ConfigError
+
+# A tiny but real budget: 3 steps of batch 2 on 32 px scenes, 8 val scenes (built in tmp_path).
+TINY = dict(iters=3, batch_size=2, size=32, val_scenes=8, train_scenes=8)
+TINY_OVERRIDES = [
+    "model.backbone_pretrained=false",  # no dependence on the bundled ImageNet weights
+    "data.num_workers=0",
+    "data.photometric=false",
+    "schedule.checkpoint_interval=1",  # a checkpoint after every step, so an interrupt can resume
+    "runtime.progress=false",
+    "runtime.num_threads=1",  # tiny ops: a second thread only waits on the busy cores
+    "test.batch_size=8",
+]
+
+
+@pytest.fixture(scope="module")
+def fmnist():
+    from offseg_vis.data.fashion_mnist import find_fashion_mnist
+    from offseg_vis.errors import DatasetError
+
+    try:
+        return find_fashion_mnist()
+    except DatasetError as err:
+        pytest.skip(str(err))
+
+
+def tiny_base(tmp_path):
+    return ex.load_base(None, [*TINY_OVERRIDES, f"data.root={tmp_path / 'data'}"], **TINY)
+
+
+def lines(path):
+    return path.read_text().splitlines()
+
+
+# ----------------------------------------------------------------------------------------------
+# arms, budget, per-run config
+
+
+def test_arm_parsing_groups_variants_and_styles():
+    assert [a.id for a in ex.parse_arms(None)] == [
+        "linear@0", "offset@0", "linear@0.5", "offset@0.5", "linear@1", "offset@1",
+        "offset-co@0.5", "offset-fo@0.5", "offset-scaled-ln@0.5",
+    ]  # fmt: skip
+    assert len(ex.parse_arms(["main"])) == 6
+    assert [a.id for a in ex.parse_arms(["linear"])] == ["linear@0", "linear@0.5", "linear@1"]
+    assert [a.id for a in ex.parse_arms(["offset-noln", "offset@1.0", "offset@1"])] == [
+        "offset-noln@0.5",
+        "offset@1",
+    ]
+    assert ex.parse_arms(["offset-co@0.25"])[0].style == 0.25
+    with pytest.raises(ConfigError, match="Unknown experiment arm 'offst'"):
+        ex.parse_arms(["offst"])
+    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
+        ex.parse_arms(["offset@2"])
+    # our variants are labelled as not the paper's; the paper's ablations spell out their options
+    assert not ex.VARIANTS["offset-scaled-ln"].paper and "not the paper's" in ex.VARIANTS["offset-scaled-ln"].label
+    assert ex.VARIANTS["offset-co"].options == {
+        "class_offsets": True, "feature_offsets": False, "logit_norm": "layernorm",
+    }  # fmt: skip
+
+
+def test_budget_and_run_config(tmp_path):
+    base, budget = ex.load_base(None, ["optim.lr=2e-3", "runtime.num_threads=1"], iters=50)
+    # defaults come from the CPU config; only computation-changing overrides enter the budget
+    assert (budget.batch_size, budget.size, budget.val_scenes, budget.warmup_iters) == (
+        base.data.batch_size,
+        base.data.crop_size[0],
+        base.data.val_options.get("length", 1000),
+        5,
+    )
+    assert budget.overrides == ("optim.lr=2e-3",)
+    assert ex.load_base(None, ["optim.lr=2e-3", "runtime.num_threads=2"], iters=50)[1].key() == budget.key()
+    assert ex.load_base(None, ["optim.lr=3e-3"], iters=50)[1].key() != budget.key()
+    with pytest.raises(ConfigError, match="--seeds"):
+        ex.load_base(None, ["runtime.seed=3"])
+
+    cfg = ex.run_config(base, ex.Arm("offset-fo", 1.0), 2, budget)
+    assert cfg.model.classifier == "offset"
+    assert cfg.model.classifier_options["class_offsets"] is False
+    assert cfg.runtime.seed == 2 and cfg.schedule.max_iters == 50 and cfg.schedule.eval_interval == 0
+    train_gen, val_gen = cfg.data.train_options["config"], cfg.data.val_options["config"]
+    assert train_gen["style"] == val_gen["style"] == 1.0
+    assert (train_gen["seed"], val_gen["seed"]) == (2, ex.VAL_GENERATOR_SEED)  # train stream per seed
+    assert cfg.data.val_options["length"] == budget.val_scenes
+    # every arm at a seed sees the same data: only the model section differs
+    other = ex.run_config(base, ex.Arm("linear", 1.0), 2, budget)
+    assert other.data == cfg.data and other.model.classifier_options == {}
+    assert (
+        ex.run_dir_for("w", ex.Arm("offset-fo", 1.0), 2, budget).as_posix()
+        == f"w/offset-fo_style1/seed2-{budget.key()}"
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# running: append, skip, resume
+
+
+def test_runner_appends_records_and_skips_finished_runs(tmp_path, fmnist):
+    base, budget = tiny_base(tmp_path)
+    results = tmp_path / "results.jsonl"
+    arms = ex.parse_arms(["linear@0.5", "offset-co@0.5"])
+    written = ex.run_grid(base, budget, arms, [0], results, tmp_path / "runs", log=lambda s: None)
+    assert [r["arm"] for r in written] == ["linear@0.5", "offset-co@0.5"]
+    records = [json.loads(line) for line in lines(results)]
+    assert [r["arm"] for r in records] == ["linear@0.5", "offset-co@0.5"]
+    lin, co = records
+    assert lin["budget"] == co["budget"] == budget.to_dict() and lin["seed"] == co["seed"] == 0
+    assert co["classifier_options"] == ex.VARIANTS["offset-co"].options and co["style"] == 0.5
+    assert lin["steps"] == 3 and lin["val"]["scenes"] == 8
+    assert 0.0 <= lin["val"]["mIoU"] <= 1.0 and 0.0 <= co["val"]["aAcc"] <= 1.0
+    assert len(lin["val"]["per_class_IoU"]) == 11 and "background" in lin["val"]["per_class_IoU"]
+    # OL adds K*C + C^2 (one projection, CO only) + 2K parameters to the shared decoder, minus the 1x1 conv
+    assert co["params"] - lin["params"] == 11 * 128 + 128 * 128 + 2 * 11 - (11 * 128 + 11)
+    assert lin["wall_time_s"] > 0 and lin["resumed"] is False and "cpu" in lin["machine"]
+    assert "git_commit" in lin and not lin["run_dir"].startswith("/")
+    # finished runs keep only their best weights (no optimiser state)
+    run_dir = tmp_path / "runs" / lin["run_dir"]
+    assert (run_dir / "best.safetensors").is_file() and not (run_dir / "last.state.pt").exists()
+
+    before = results.read_bytes()
+    again = ex.run_grid(base, budget, arms, [0], results, tmp_path / "runs", log=lambda s: None)
+    assert again == [] and results.read_bytes() == before
+    rows = ex.status(budget, arms + ex.parse_arms(["offset@0.5"]), [0], results, tmp_path / "runs")
+    assert [state for _, _, state in rows] == ["done", "done", "pending"]
+
+
+def test_interrupted_grid_resumes_and_matches_an_uninterrupted_run(tmp_path, fmnist):
+    base, budget = tiny_base(tmp_path)
+    results = tmp_path / "results.jsonl"
+    arms = ex.parse_arms(["linear@0", "offset@0"])
+
+    def interrupt(step, model, **_):
+        from offseg_vis.models.offset_learning import OffsetLearning
+
+        if step == 2 and any(isinstance(m, OffsetLearning) for m in model.modules()):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ex.run_grid(base, budget, arms, [0], results, tmp_path / "runs", callbacks=[interrupt], log=lambda s: None)
+    assert [json.loads(line)["arm"] for line in lines(results)] == ["linear@0"]  # only complete runs
+    assert [s for _, _, s in ex.status(budget, arms, [0], results, tmp_path / "runs")] == [
+        "done",
+        "partial (step 2)",
+    ]
+
+    resumed = ex.run_grid(base, budget, arms, [0], results, tmp_path / "runs", log=lambda s: None)
+    assert [r["arm"] for r in resumed] == ["offset@0"] and resumed[0]["resumed"] is True
+    assert resumed[0]["steps"] == 3 and len(lines(results)) == 2
+
+    # the resumed run computes what an uninterrupted one does
+    fresh = ex.run_one(base, ex.Arm("offset", 0.0), 0, budget, tmp_path / "fresh")
+    assert fresh["resumed"] is False
+    assert fresh["val"]["mIoU"] == pytest.approx(resumed[0]["val"]["mIoU"], abs=1e-9)
+    assert fresh["train_loss_final"] == pytest.approx(resumed[0]["train_loss_final"], rel=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# results file and table
+
+
+def record(arm, seed, miou, budget=None, params=1000, wall=60.0, loss=0.2):
+    variant, _, style = arm.partition("@")
+    return {
+        "arm": arm,
+        "variant": variant,
+        "style": float(style),
+        "seed": seed,
+        "budget": budget
+        or {
+            "iters": 10,
+            "batch_size": 2,
+            "size": 32,
+            "val_scenes": 8,
+            "train_scenes": 8,
+            "warmup_iters": 1,
+            "config": "offseg-mbv2_fashion-scenes",
+            "overrides": [],
+        },
+        "val": {"mIoU": miou, "aAcc": 0.9, "mAcc": 0.5, "scenes": 8},
+        "params": params,
+        "wall_time_s": wall,
+        "train_loss_final": loss,
+        "machine": {"cpu": "Test CPU", "threads": 2, "torch": "2.x"},
+        "git_commit": "abcdef1234567",
+    }
+
+
+def test_append_is_whole_lines_and_the_reader_skips_damage(tmp_path):
+    path = tmp_path / "r.jsonl"
+    ex.append_result(path, record("linear@0.5", 0, 0.5))
+    path.write_text(path.read_text() + '{"arm": "linear@0.5", "se')  # a damaged, unterminated line
+    ex.append_result(path, record("linear@0.5", 1, float("nan")))
+    assert len(lines(path)) == 3 and lines(path)[2].startswith("{")
+    with pytest.warns(UserWarning, match=r"r.jsonl:2 is not an experiment record"):
+        records = ex.read_results(path)
+    assert [r["seed"] for r in records] == [0, 1]
+    assert records[1]["val"]["mIoU"] is None  # NaN is written as null (strict JSON)
+
+
+def test_table_means_stds_and_paired_differences(tmp_path):
+    other_budget = {**record("linear@0.5", 0, 0)["budget"], "iters": 20}
+    records = [
+        record("offset@0.5", 0, 0.51, params=1100, wall=120.0, loss=0.21),
+        record("linear@0.5", 0, 0.50),
+        record("linear@0.5", 1, 0.52),
+        record("linear@0.5", 2, 0.54),
+        record("offset@0.5", 1, 0.55, params=1100, wall=180.0, loss=0.23),
+        record("offset@0.5", 2, 0.54, params=1100, wall=60.0, loss=0.22),
+        record("offset@0.5", 3, 0.60, params=1100),  # no linear partner: in the mean, not in Δ
+        record("offset@0.5", 0, 0.99),  # duplicate run: the first line wins
+        record("offset-co@0", 0, 0.40),  # no linear at style 0
+        record("linear@0.5", 0, 0.30, budget=other_budget),  # another budget: another table
+    ]
+    path = tmp_path / "r.jsonl"
+    for r in records:
+        ex.append_result(path, r)
+    summaries = ex.summarise(ex.read_results(path))
+    assert [s.budget["iters"] for s in summaries] == [10, 20]
+    rows = {r.arm: r for r in summaries[0].rows}
+    assert [r.arm for r in summaries[0].rows] == ["offset-co@0", "linear@0.5", "offset@0.5"]
+    lin, off = rows["linear@0.5"], rows["offset@0.5"]
+    assert lin.seeds == [0, 1, 2] and lin.miou_mean == pytest.approx(0.52) and lin.miou_std == pytest.approx(0.02)
+    assert off.seeds == [0, 1, 2, 3] and off.miou_mean == pytest.approx((0.51 + 0.55 + 0.54 + 0.60) / 4)
+    # paired differences 0.01, 0.03, 0.00
+    assert off.n_pairs == 3 and off.delta_mean == pytest.approx(0.04 / 3)
+    assert off.delta_std == pytest.approx(
+        math.sqrt(((0.01 - 0.04 / 3) ** 2 + (0.03 - 0.04 / 3) ** 2 + (0.0 - 0.04 / 3) ** 2) / 2)
+    )
+    assert off.wall_mean_s == pytest.approx(105.0) and off.params == 1100
+    assert lin.delta_mean is None and rows["offset-co@0"].delta_mean is None
+    assert math.isnan(rows["offset-co@0"].miou_std)
+
+    table = ex.format_table(summaries[0])
+    assert "| `linear@0.5` |" in table and "52.00 ± 2.00 | — |" in table
+    assert f"+1.33 ± {100 * off.delta_std:.2f} (n=3)" in table
+    assert "40.00 ± n/a | no paired linear run" in table
+    assert "0.001 M" in table and "1.8 min" in table
+
+    doc = ex.format_doc(summaries, "docs/experiment/results.jsonl")
+    assert doc.count("## Budget ") == 2 and "Test CPU, 2 threads" in doc and "abcdef1234" in doc
+    assert (
+        "offseg bench experiment --arms offset-co@0 linear@0.5 offset@0.5 --seeds 0 1 2 3 --iters 10 "
+        "--batch-size 2 --size 32 --val-scenes 8 --train-scenes 8"
+    ) in doc
+
+
+def test_command_line_overrides_may_follow_list_options_and_table_writes_the_doc(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    ex.register_experiment(parser.add_subparsers(dest="cmd"))
+    args = parser.parse_args(
+        ["experiment", "optim.lr=1e-3", "--seeds", "0", "1", "optim.weight_decay=0", "--arms", "main", "--iters", "7"]
+    )
+    assert args.seeds == ["0", "1"] and args.arms == ["main"] and args.iters == 7
+    assert [*args.overrides, *args.extra_overrides] == ["optim.lr=1e-3", "optim.weight_decay=0"]
+    with pytest.raises(ConfigError, match="--seeds"):
+        ex._seeds(["zero"])
+
+    results, doc = tmp_path / "r.jsonl", tmp_path / "docs" / "experiment.md"
+    ex.append_result(results, record("linear@0", 0, 0.5))
+    args = parser.parse_args(["experiment", "--table", "--results", str(results), "--doc", str(doc)])
+    assert args.func(args) == 0
+    assert "| `linear@0` |" in doc.read_text() and "| `linear@0` |" in capsys.readouterr().out
