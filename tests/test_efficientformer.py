@@ -41,7 +41,10 @@ def _float_state(vectors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def s1_vectors(reference_dir):
-    return load_file(str(reference_dir / "vectors" / "efficientformerv2_s1_backbone.safetensors"))
+    path = reference_dir / "vectors" / "efficientformerv2_s1_backbone.safetensors"
+    if not path.is_file():  # 20 MB, not vendored in tests/reference (see conftest)
+        pytest.skip(f"{path.name} not found; set OFFSEG_REFERENCE to the full reference folder")
+    return load_file(str(path))
 
 
 @pytest.mark.parametrize("variant", ["s1", "s2", "l"])

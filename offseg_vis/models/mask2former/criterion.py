@@ -114,8 +114,9 @@ def hungarian_match(class_logits: Tensor, mask_logits: Tensor, gt_classes: Tenso
     if not torch.isfinite(cost).all():
         raise FloatingPointError("The matching cost has NaN or inf values: the model's outputs diverged.")
     rows, cols = linear_sum_assignment(cost.cpu().numpy())
-    to_tensor = lambda idx: torch.as_tensor(np.asarray(idx), dtype=torch.long, device=class_logits.device)  # noqa: E731
-    return to_tensor(rows), to_tensor(cols)
+    device = class_logits.device
+    return (torch.as_tensor(np.asarray(rows), dtype=torch.long, device=device),
+            torch.as_tensor(np.asarray(cols), dtype=torch.long, device=device))
 
 
 def _mean_over_processes(x: Tensor) -> Tensor:
