@@ -11,13 +11,13 @@ import pytest
 from offseg_vis.bench import experiment as ex
 from offseg_vis.errors import ConfigError
 
-# A tiny but real budget: 3 steps of batch 2 on 32 px scenes, 8 val scenes (built in tmp_path).
+# A tiny but real budget: 3 steps of batch 2 on 32 px scenes, 8 val scenes (built in a tmp folder).
 TINY = dict(iters=3, batch_size=2, size=32, val_scenes=8, train_scenes=8)
 TINY_OVERRIDES = [
     "model.backbone_pretrained=false",  # no dependence on the bundled ImageNet weights
     "data.num_workers=0",
     "data.photometric=false",
-    "schedule.checkpoint_interval=1",  # a checkpoint after every step, so an interrupt can resume
+    "schedule.checkpoint_interval=2",  # a checkpoint at step 2, where the resume test interrupts
     "runtime.progress=false",
     "runtime.num_threads=1",  # tiny ops: a second thread only waits on the busy cores
     "test.batch_size=8",
@@ -33,10 +33,6 @@ def fmnist():
         return find_fashion_mnist()
     except DatasetError as err:
         pytest.skip(str(err))
-
-
-def tiny_base(tmp_path):
-    return ex.load_base(None, [*TINY_OVERRIDES, f"data.root={tmp_path / 'data'}"], **TINY)
 
 
 def lines(path):
@@ -106,63 +102,64 @@ def test_budget_and_run_config(tmp_path):
 # running: append, skip, resume
 
 
-def test_runner_appends_records_and_skips_finished_runs(tmp_path, fmnist):
-    base, budget = tiny_base(tmp_path)
-    results = tmp_path / "results.jsonl"
-    arms = ex.parse_arms(["linear@0.5", "offset-co@0.5"])
-    written = ex.run_grid(base, budget, arms, [0], results, tmp_path / "runs", log=lambda s: None)
-    assert [r["arm"] for r in written] == ["linear@0.5", "offset-co@0.5"]
+@pytest.fixture(scope="module")
+def finished_grid(tmp_path_factory, fmnist):
+    """One uninterrupted tiny grid (linear and offset at style 0.5, seed 0), shared by the runner tests."""
+    root = tmp_path_factory.mktemp("experiment")
+    base, budget = ex.load_base(None, [*TINY_OVERRIDES, f"data.root={root / 'data'}"], **TINY)
+    results = root / "results.jsonl"
+    arms = ex.parse_arms(["linear@0.5", "offset@0.5"])
+    written = ex.run_grid(base, budget, arms, [0], results, root / "runs", log=lambda s: None)
+    return base, budget, arms, results, root, written
+
+
+def test_runner_appends_records_and_skips_finished_runs(finished_grid):
+    base, budget, arms, results, root, written = finished_grid
+    assert [r["arm"] for r in written] == ["linear@0.5", "offset@0.5"]
     records = [json.loads(line) for line in lines(results)]
-    assert [r["arm"] for r in records] == ["linear@0.5", "offset-co@0.5"]
-    lin, co = records
-    assert lin["budget"] == co["budget"] == budget.to_dict() and lin["seed"] == co["seed"] == 0
-    assert co["classifier_options"] == ex.VARIANTS["offset-co"].options and co["style"] == 0.5
-    assert lin["steps"] == 3 and lin["val"]["scenes"] == 8
-    assert 0.0 <= lin["val"]["mIoU"] <= 1.0 and 0.0 <= co["val"]["aAcc"] <= 1.0
+    assert records == json.loads(json.dumps(written))
+    lin, off = records
+    assert lin["budget"] == off["budget"] == budget.to_dict() and lin["seed"] == off["seed"] == 0
+    assert off["classifier_options"] == ex.VARIANTS["offset"].options and off["style"] == 0.5
+    assert lin["classifier"] == "linear" and lin["classifier_options"] == {}
+    assert lin["steps"] == off["steps"] == 3 and lin["val"]["scenes"] == 8
+    assert 0.0 <= lin["val"]["mIoU"] <= 1.0 and 0.0 <= off["val"]["aAcc"] <= 1.0
     assert len(lin["val"]["per_class_IoU"]) == 11 and "background" in lin["val"]["per_class_IoU"]
-    # OL adds K*C + C^2 (one projection, CO only) + 2K parameters to the shared decoder, minus the 1x1 conv
-    assert co["params"] - lin["params"] == 11 * 128 + 128 * 128 + 2 * 11 - (11 * 128 + 11)
-    assert lin["wall_time_s"] > 0 and lin["resumed"] is False and "cpu" in lin["machine"]
+    # same decoder (C = 128); OL's K*C + 2*C^2 + 2K parameters replace the 1x1 conv's K*C + K
+    assert off["params"] - lin["params"] == 2 * 128 * 128 + 11
+    assert lin["wall_time_s"] > 0 and lin["resumed"] is False and lin["machine"]["threads"] == 1
     assert "git_commit" in lin and not lin["run_dir"].startswith("/")
     # finished runs keep only their best weights (no optimiser state)
-    run_dir = tmp_path / "runs" / lin["run_dir"]
+    run_dir = root / "runs" / lin["run_dir"]
     assert (run_dir / "best.safetensors").is_file() and not (run_dir / "last.state.pt").exists()
 
     before = results.read_bytes()
-    again = ex.run_grid(base, budget, arms, [0], results, tmp_path / "runs", log=lambda s: None)
+    again = ex.run_grid(base, budget, arms, [0], results, root / "runs", log=lambda s: None)
     assert again == [] and results.read_bytes() == before
-    rows = ex.status(budget, arms + ex.parse_arms(["offset@0.5"]), [0], results, tmp_path / "runs")
+    rows = ex.status(budget, arms + ex.parse_arms(["offset-co@0.5"]), [0], results, root / "runs")
     assert [state for _, _, state in rows] == ["done", "done", "pending"]
 
 
-def test_interrupted_grid_resumes_and_matches_an_uninterrupted_run(tmp_path, fmnist):
-    base, budget = tiny_base(tmp_path)
-    results = tmp_path / "results.jsonl"
-    arms = ex.parse_arms(["linear@0", "offset@0"])
+def test_interrupted_grid_resumes_and_matches_an_uninterrupted_run(finished_grid, tmp_path):
+    base, budget, arms, finished, _, (lin, off) = finished_grid
+    results, work = tmp_path / "results.jsonl", tmp_path / "runs"
+    ex.append_result(results, lin)  # an earlier sitting finished the linear arm
 
     def interrupt(step, model, **_):
-        from offseg_vis.models.offset_learning import OffsetLearning
-
-        if step == 2 and any(isinstance(m, OffsetLearning) for m in model.modules()):
+        if step == 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        ex.run_grid(base, budget, arms, [0], results, tmp_path / "runs", callbacks=[interrupt], log=lambda s: None)
-    assert [json.loads(line)["arm"] for line in lines(results)] == ["linear@0"]  # only complete runs
-    assert [s for _, _, s in ex.status(budget, arms, [0], results, tmp_path / "runs")] == [
-        "done",
-        "partial (step 2)",
-    ]
+        ex.run_grid(base, budget, arms, [0], results, work, callbacks=[interrupt], log=lambda s: None)
+    assert [json.loads(line)["arm"] for line in lines(results)] == ["linear@0.5"]  # only complete runs
+    assert [s for _, _, s in ex.status(budget, arms, [0], results, work)] == ["done", "partial (step 2)"]
 
-    resumed = ex.run_grid(base, budget, arms, [0], results, tmp_path / "runs", log=lambda s: None)
-    assert [r["arm"] for r in resumed] == ["offset@0"] and resumed[0]["resumed"] is True
+    resumed = ex.run_grid(base, budget, arms, [0], results, work, log=lambda s: None)
+    assert [r["arm"] for r in resumed] == ["offset@0.5"] and resumed[0]["resumed"] is True
     assert resumed[0]["steps"] == 3 and len(lines(results)) == 2
-
-    # the resumed run computes what an uninterrupted one does
-    fresh = ex.run_one(base, ex.Arm("offset", 0.0), 0, budget, tmp_path / "fresh")
-    assert fresh["resumed"] is False
-    assert fresh["val"]["mIoU"] == pytest.approx(resumed[0]["val"]["mIoU"], abs=1e-9)
-    assert fresh["train_loss_final"] == pytest.approx(resumed[0]["train_loss_final"], rel=1e-6)
+    # the resumed run computes what the uninterrupted one did
+    assert resumed[0]["val"] == off["val"]
+    assert resumed[0]["train_loss_final"] == pytest.approx(off["train_loss_final"], rel=1e-6)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -363,7 +363,7 @@ def test_tiny_model_overfits_four_fashion_scenes():
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
     losses = []
     model.train()
-    for _ in range(100):
+    for _ in range(60):  # mIoU is about 0.92 by now for seeds 0-2 (0.94 after 100 steps)
         loss = model.loss(x, labels)
         opt.zero_grad()
         loss.backward()

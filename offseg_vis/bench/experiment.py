@@ -35,6 +35,7 @@ import os
 import shlex
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -436,14 +437,18 @@ def done_keys(records: Iterable[dict]) -> set[str]:
 
 @contextlib.contextmanager
 def _locked(path: Path):
-    """Exclusive lock on ``path.lock`` where the platform has fcntl (two sittings at once stay safe)."""
+    """Exclusive lock for ``path`` where the platform has fcntl (two sittings at once stay safe).
+
+    The lock file lives in the temp folder, named by the results file's absolute path, so nothing
+    but the results file appears beside it (e.g. in docs/).
+    """
     try:
         import fcntl
-    except ImportError:  # Windows: no lock; the rename below still keeps the file whole
+    except ImportError:  # Windows: no lock; the rename in append_result still keeps the file whole
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as handle:
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"offseg-experiment-{digest}.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

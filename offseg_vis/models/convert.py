@@ -122,6 +122,12 @@ def load_official_checkpoint(model: nn.Module, path: str | Path) -> ConversionRe
     """Load an official mmseg segmentor checkpoint into ``model`` (strict, see module docstring)."""
     source = read_official_state_dict(path)
     target = model.state_dict()
+    if getattr(model, "model_name", "").startswith("mask2former"):
+        from offseg_vis.models.mask2former import convert_official_mask2former
+
+        mapped = convert_official_mask2former(source)  # strict: raises CheckpointError on misfits
+        model.load_state_dict(mapped, strict=True)
+        return ConversionReport(used=sorted(mapped))
     mapped, report = map_official_segmentor_keys(source, target)
     model.load_state_dict({k: v.to(target[k].dtype) for k, v in mapped.items()}, strict=True)
     _refresh_caches(model)
