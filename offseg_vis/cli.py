@@ -16,6 +16,7 @@ from offseg_vis.errors import OffSegError
 COMMAND_MODULES = (
     "offseg_vis.data.commands",
     "offseg_vis.engine.commands",
+    "offseg_vis.engine.export",
     "offseg_vis.models.commands",
     "offseg_vis.bench.commands",
     "offseg_vis.app.commands",

@@ -122,3 +122,20 @@ def test_training_state_errors(tmp_path, mbv2):
     (tmp_path / "last.state.pt").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         load_training_state(tmp_path, "last")
+
+
+def test_predict_command_writes_masks_and_overlays(tmp_path, mbv2):
+    from PIL import Image
+
+    from offseg_vis.engine.commands import main
+
+    palette = [[0, 0, 0]] + [[20 * i, 255 - 20 * i, 7 * i] for i in range(1, 11)]
+    ckpt = save_weights(mbv2, tmp_path / "w", {"palette": palette})
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(image)
+    assert main(["predict", str(ckpt), str(image), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
+    mask = np.asarray(Image.open(tmp_path / "out" / "photo_mask.png"))
+    assert mask.shape == (40, 56, 3)
+    assert {tuple(c) for c in mask.reshape(-1, 3)} <= {tuple(c) for c in palette}
+    assert (tmp_path / "out" / "photo_overlay.png").is_file()
+    assert main(["predict", str(ckpt), str(tmp_path / "nope.png"), "--out", str(tmp_path / "out")]) == 2

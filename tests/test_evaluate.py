@@ -96,3 +96,24 @@ def test_evaluate_dataset():
     tp1, fp1 = 48, 8 * (0 + 1 + 2)
     assert m.iou[1] == pytest.approx(tp1 / (tp1 + fp1))
     assert m.aAcc == pytest.approx((3 * 63 - fp1) / (3 * 63))
+
+
+def test_eval_command_json(tmp_path, capsys):
+    """`offseg eval CKPT --json OUT` on a tiny FashionScenes val split described by the checkpoint."""
+    import json
+
+    from offseg_vis.engine.commands import main
+    from offseg_vis.models.weights import save_weights
+    from offseg_vis.models.zoo import build_model
+
+    model = build_model("offseg-mbv2", num_classes=11, classifier="linear")
+    data = {"dataset": "fashion-scenes", "val_split": "val",
+            "dataset_options": {"size": 64, "item_min": 16, "item_max": 32}, "val_options": {"length": 3}}
+    ckpt = save_weights(model, tmp_path / "w", {"dataset": "fashion-scenes", "config": {"data": data}})
+    out = tmp_path / "m.json"
+    code = main(["eval", str(ckpt), "--root", str(tmp_path / "data"), "--json", str(out), "--device", "cpu"])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert set(result) == {"mIoU", "aAcc", "mAcc", "per_class"} and len(result["per_class"]) == 11
+    assert 0.0 <= result["aAcc"] <= 1.0
+    assert "mIoU" in capsys.readouterr().out

@@ -158,3 +158,18 @@ def test_errors_for_missing_labels_linear_after_and_bad_stage():
 def test_cosine_matrix_handles_zero_rows():
     m = cosine_matrix(np.array([[1.0, 0.0], [0.0, 0.0], [2.0, 0.0]]))
     np.testing.assert_allclose(m, [[1, 0, 1], [0, 0, 0], [1, 0, 1]])
+
+
+def test_centering_ignores_a_shift_shared_by_all_classes():
+    # Adding one vector to every class representation changes no prediction; centred scores ignore it.
+    rng = np.random.default_rng(5)
+    lab = _label()
+    feats = rng.normal(size=(H, W, 4))
+    w = rng.normal(size=(K, 4))
+    shifted = w + 10 * rng.normal(size=(1, 4))
+    probes, probes_shifted = [make_probe(feats, w, lab)], [make_probe(feats, shifted, lab)]
+    centred = misalignment(probes, min_pixels=1).alignment
+    np.testing.assert_allclose(misalignment(probes_shifted, min_pixels=1).alignment, centred, atol=1e-5)
+    raw = misalignment(probes, min_pixels=1, center=False).alignment
+    raw_shifted = misalignment(probes_shifted, min_pixels=1, center=False).alignment
+    assert np.abs(raw - raw_shifted).max() > 0.1

@@ -16,6 +16,11 @@ every image, the W*_k of different images would point the same way. This module 
   prototype fits all) and **alignment** = mean cos(W_k, W*_k) (how well the classifier's prototype, fixed
   W or image-specific W', points at the image's ideal one).
 
+Cosines are taken on class-centred prototypes by default (W_k minus the mean over classes, same for W*):
+the shared component changes every class score of a pixel equally, so no classifier can use it (argmax,
+softmax and the LayerNorm over classes all remove it), yet it would dominate raw cosines.
+``center=False`` gives the paper's literal raw-W* cosines.
+
 ``stage="before"`` uses (E, W), ``stage="after"`` uses (E', W') of an Offset Learning model; the linear
 baseline only has "before". Pseudo-inverse cut-off: singular values below ``rcond`` × the largest are
 treated as zero (default 1e-5: float32 features carry ~7 significant digits, and this keeps noise
@@ -119,6 +124,7 @@ class MisalignmentReport:
             (1 for a fixed W; lower when W' adapts per image).
         cosine_matrices: class k -> (n, n) cosine matrix of W*_k over its first ``images_per_class``
             images (the Fig. 3 heatmap); ``matrix_images`` gives those image indices.
+        centered: whether the cosines were taken on class-centred prototypes (see :func:`misalignment`).
     """
 
     name: str
@@ -133,6 +139,7 @@ class MisalignmentReport:
     embed_consistency: np.ndarray
     cosine_matrices: dict[int, np.ndarray] = field(default_factory=dict)
     matrix_images: dict[int, list[int]] = field(default_factory=dict)
+    centered: bool = True
 
     @property
     def overall_consistency(self) -> float:
@@ -200,6 +207,7 @@ def misalignment(
     rcond: float = DEFAULT_RCOND,
     images_per_class: int = 10,
     min_pixels: int = 4,
+    center: bool = True,
     ignore_index: int = IGNORE_INDEX,
 ) -> MisalignmentReport:
     """Mine W* for every labelled probe and summarise how consistent and how aligned it is.
@@ -213,6 +221,10 @@ def misalignment(
         images_per_class: images per Fig. 3 heatmap (the paper uses 10).
         min_pixels: a class counts as present in an image when it covers at least this many cells of
             the feature grid (smaller fragments give unstable W*).
+        center: compare prototypes after subtracting their mean over the K classes (W_k - mean_j W_j, and
+            the same for W*). The classifier cannot see that shared component: adding one vector to every
+            class representation adds the same score to every class of a pixel, which argmax, softmax and
+            Offset Learning's LayerNorm over classes all ignore. False = the paper's literal raw W*.
 
     Returns:
         a :class:`MisalignmentReport`.
@@ -241,6 +253,10 @@ def misalignment(
     counts_arr = np.stack(counts)  # (I, K)
     ideal_arr = np.stack(ideal)  # (I, K, C)
     embeds_arr = np.stack(embeds)  # (I, K, C)
+    ideal_cmp, embeds_cmp = ideal_arr, embeds_arr
+    if center:
+        ideal_cmp = ideal_arr - ideal_arr.mean(axis=1, keepdims=True)
+        embeds_cmp = embeds_arr - embeds_arr.mean(axis=1, keepdims=True)
 
     consistency = np.full(k, np.nan)
     alignment = np.full(k, np.nan)
@@ -250,12 +266,12 @@ def misalignment(
         present = np.flatnonzero(counts_arr[:, c] >= min_pixels)
         if present.size == 0:
             continue
-        vectors = ideal_arr[present, c]  # (n, C)
+        vectors = ideal_cmp[present, c]  # (n, C)
         consistency[c] = _mean_off_diagonal(cosine_matrix(vectors))
-        embed_consistency[c] = _mean_off_diagonal(cosine_matrix(embeds_arr[present, c]))
-        alignment[c] = float(np.mean([cosine(embeds_arr[i, c], ideal_arr[i, c]) for i in present]))
+        embed_consistency[c] = _mean_off_diagonal(cosine_matrix(embeds_cmp[present, c]))
+        alignment[c] = float(np.mean([cosine(embeds_cmp[i, c], ideal_cmp[i, c]) for i in present]))
         shown = present[:images_per_class]
-        matrices[c] = cosine_matrix(ideal_arr[shown, c])
+        matrices[c] = cosine_matrix(ideal_cmp[shown, c])
         matrix_images[c] = [int(i) for i in shown]
 
     sanity_iou = iou_from_confusion(confusion)
@@ -272,6 +288,7 @@ def misalignment(
         embed_consistency=embed_consistency,
         cosine_matrices=matrices,
         matrix_images=matrix_images,
+        centered=center,
     )
 
 

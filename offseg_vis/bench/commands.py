@@ -31,6 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     speed.add_argument("--out", default="docs", help="folder for benchmarks.json and benchmarks.md")
     speed.set_defaults(func=_speed)
 
+    from offseg_vis.bench.experiment import register_experiment
+
+    register_experiment(bsub)
+
 
 def _ol(args: argparse.Namespace) -> int:
     from offseg_vis.bench.offset_learning import benchmark, format_result

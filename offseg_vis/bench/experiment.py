@@ -35,7 +35,6 @@ import os
 import shlex
 import statistics
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -437,23 +436,22 @@ def done_keys(records: Iterable[dict]) -> set[str]:
 
 @contextlib.contextmanager
 def _locked(path: Path):
-    """Exclusive lock for ``path`` where the platform has fcntl (two sittings at once stay safe).
+    """Exclusive lock on ``path``'s folder where the platform has fcntl (two sittings at once stay safe).
 
-    The lock file lives in the temp folder, named by the results file's absolute path, so nothing
-    but the results file appears beside it (e.g. in docs/).
+    Locking the folder itself (flock works on a directory) leaves no lock file beside the results.
     """
     try:
         import fcntl
     except ImportError:  # Windows: no lock; the rename in append_result still keeps the file whole
         yield
         return
-    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
-    with open(Path(tempfile.gettempdir()) / f"offseg-experiment-{digest}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _clean(value: Any) -> Any:
@@ -476,7 +474,7 @@ def append_result(path: str | os.PathLike, record: dict) -> None:
     from offseg_vis.models.weights import atomic_write_text
 
     path = Path(path)
-    line = json.dumps(_clean(record), sort_keys=True, allow_nan=False)
+    line = json.dumps(_clean(record), allow_nan=False)  # key order kept: per-class IoU in class order
     with _locked(path):
         old = path.read_text(encoding="utf-8") if path.is_file() else ""
         if old and not old.endswith("\n"):
@@ -747,12 +745,20 @@ class BudgetSummary:
     commits: list[str]
 
 
-def _mean(xs: Sequence[float]) -> float:
-    return statistics.fmean(xs) if xs else float("nan")
+def _finite(xs: Iterable[float | None]) -> list[float]:
+    return [float(x) for x in xs if x is not None and math.isfinite(x)]
 
 
-def _std(xs: Sequence[float]) -> float:
-    return statistics.stdev(xs) if len(xs) > 1 else float("nan")
+def _mean(xs: Iterable[float | None]) -> float:
+    """Mean of the finite values (NaN when there are none)."""
+    xs = _finite(xs)
+    return statistics.fmean(xs) if xs else math.nan
+
+
+def _std(xs: Iterable[float | None]) -> float:
+    """Sample standard deviation of the finite values (NaN for fewer than two)."""
+    xs = _finite(xs)
+    return statistics.stdev(xs) if len(xs) > 1 else math.nan
 
 
 def _arm_order(record: dict) -> tuple:
@@ -796,12 +802,12 @@ def summarise(records: Iterable[dict]) -> list[BudgetSummary]:
                     seeds=seeds,
                     miou_mean=_mean(mious),
                     miou_std=_std(mious),
-                    aacc_mean=_mean([by_seed[s]["val"]["aAcc"] for s in seeds]),
+                    aacc_mean=_mean([by_seed[s]["val"].get("aAcc") for s in seeds]),
                     delta_mean=_mean(deltas) if deltas else None,
                     delta_std=_std(deltas) if deltas else None,
                     n_pairs=len(deltas or []),
                     params=first.get("params"),
-                    wall_mean_s=_mean([by_seed[s]["wall_time_s"] for s in seeds]),
+                    wall_mean_s=_mean([by_seed[s].get("wall_time_s") for s in seeds]),
                     loss_mean=_mean(losses) if losses else None,
                 )
             )

@@ -123,10 +123,10 @@ def _train_command(args: argparse.Namespace) -> int:
 
 
 def _eval_command(args: argparse.Namespace) -> int:
-    from offseg_vis.data.datasets import build_dataset
     from offseg_vis.data.transforms import TestTransform
     from offseg_vis.engine.checkpoint import load_model
     from offseg_vis.engine.evaluate import evaluate
+    from offseg_vis.engine.train import build_dataset
 
     device = _device(args.device)
     model, meta = load_model(args.checkpoint, device)

@@ -208,11 +208,6 @@ def build_datasets(config: Config, train_raw=None, val_raw=None):
     """(train TransformedDataset, raw val dataset, val transform, class names, palette)."""
     from offseg_vis.data.transforms import TestTransform, TrainTransform, TransformedDataset
 
-    try:
-        from offseg_vis.data.datasets import build_dataset
-    except ImportError:  # the real-dataset readers are optional for FashionScenes
-        build_dataset = _build_fashion_scenes
-
     d = config.data
     if train_raw is None:
         train_raw = build_dataset(
@@ -235,6 +230,15 @@ def build_datasets(config: Config, train_raw=None, val_raw=None):
     classes = list(getattr(train_raw, "classes", None) or getattr(val_raw, "classes", None) or [])
     palette = getattr(train_raw, "palette", None) or getattr(val_raw, "palette", None)
     return train_ds, val_raw, val_transform, classes, palette
+
+
+def build_dataset(name: str, root=None, split: str = "train", **options):
+    """``offseg_vis.data.datasets.build_dataset``; FashionScenes also works without that module."""
+    try:
+        from offseg_vis.data.datasets import build_dataset as build
+    except ImportError:  # the real-dataset readers are optional for FashionScenes
+        build = _build_fashion_scenes
+    return build(name, root=root, split=split, **options)
 
 
 def _build_fashion_scenes(name: str, root=None, split: str = "train", **options):
@@ -541,7 +545,10 @@ def _train(config, info: DistInfo, resume, work_dir, model, train_raw, val_raw, 
         state = load_training_state(run_dir, "last")
         load_weights(model, checkpoint_weights(run_dir, "last"))
         optimizer.load_state_dict(state["optimizer"])
+        fresh = [f.__dict__.copy() for f in scheduler.lr_lambdas]
         scheduler.load_state_dict(state["scheduler"])
+        for factor, values in zip(scheduler.lr_lambdas, fresh):
+            factor.__dict__.update(values)  # the config's schedule wins (e.g. a longer max_iters)
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         start_step = int(state["step"])

@@ -1,0 +1,207 @@
+"""The checkpoints the app serves: found on disk, loaded once, described by their model cards.
+
+Each ``NAME.safetensors`` (with its ``NAME.json`` card) becomes a :class:`LoadedModel`: the network in eval
+mode, its class names and palette, and the card's facts (mIoU, parameters). A lock per model makes sure
+one model never runs two images at once, whoever calls it (the web queue also limits concurrency).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from offseg_vis.errors import CheckpointError
+
+CHECKPOINTS_ENV = "OFFSEG_CHECKPOINTS"
+
+
+def default_checkpoint_dir() -> Path:
+    """``$OFFSEG_CHECKPOINTS``, else ``checkpoints/`` of the source checkout, else ``./checkpoints``."""
+    env = os.environ.get(CHECKPOINTS_ENV)
+    if env:
+        return Path(env).expanduser()
+    repo = Path(__file__).resolve().parents[2]
+    if (repo / "pyproject.toml").is_file() and (repo / "checkpoints").is_dir():
+        return repo / "checkpoints"
+    return Path.cwd() / "checkpoints"
+
+
+def find_checkpoints(folder: str | os.PathLike) -> list[Path]:
+    """Every ``*.safetensors`` in ``folder`` (not recursive), sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*.safetensors") if p.is_file() and not p.name.startswith("."))
+
+
+def _class_names(meta: dict, k: int) -> list[str]:
+    names = meta.get("class_names")
+    if isinstance(names, list | tuple) and len(names) == k:
+        return [str(n) for n in names]
+    if meta.get("dataset") == "fashion-scenes" and k == 11:
+        from offseg_vis.data.fashion_scenes import CLASSES
+
+        return list(CLASSES)
+    return [f"class {i}" for i in range(k)]
+
+
+def _palette(meta: dict, k: int) -> np.ndarray:
+    pal = meta.get("palette")
+    if isinstance(pal, list | tuple) and len(pal) >= k:
+        try:
+            return np.asarray(pal, dtype=np.int64).reshape(-1, 3)[:k].clip(0, 255).astype(np.uint8)
+        except ValueError:
+            pass
+    if meta.get("dataset") == "fashion-scenes" and k == 11:
+        from offseg_vis.data.fashion_scenes import PALETTE
+
+        return np.asarray(PALETTE, dtype=np.uint8)
+    from offseg_vis.analysis.plots import default_palette
+
+    return default_palette(k)
+
+
+@dataclass
+class LoadedModel:
+    """One checkpoint, loaded.
+
+    Attributes:
+        label: unique display name, e.g. "offseg-mbv2 · offset (offseg-mbv2_offset)".
+        path: the ``.safetensors`` file.
+        model: the Segmentor in eval mode.
+        model_name: zoo name; classifier: "offset" or "linear".
+        class_names: K names; palette: (K, 3) uint8 colours.
+        metadata: the model card.
+        num_params: parameter count.
+        lock: held while the model runs.
+    """
+
+    label: str
+    path: Path
+    model: nn.Module
+    model_name: str
+    classifier: str
+    class_names: list[str]
+    palette: np.ndarray
+    metadata: dict
+    num_params: int
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def is_offset(self) -> bool:
+        return self.classifier == "offset"
+
+    @property
+    def miou(self) -> float | None:
+        """The card's mIoU as a fraction, or None."""
+        value = (self.metadata.get("metrics") or {}).get("mIoU")
+        return float(value) if isinstance(value, int | float) else None
+
+    def card_markdown(self) -> str:
+        """The model card in a few Markdown lines."""
+        miou = f"{100 * self.miou:.1f} %" if self.miou is not None else "not recorded"
+        kind = "Offset Learning" if self.is_offset else "per-pixel (linear) baseline"
+        dataset = self.metadata.get("dataset") or "unknown data"
+        step = self.metadata.get("step")
+        trained = f", {step} steps" if isinstance(step, int) else ""
+        return (
+            f"**{self.model_name}** — {kind} classifier · {self.num_params / 1e6:.2f} M parameters · "
+            f"mIoU {miou} on {dataset}{trained}\n\n"
+            f"{self.num_classes} classes: {', '.join(self.class_names)}"
+        )
+
+
+def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
+    """Build the model a checkpoint's card names and load its weights (strict).
+
+    Raises:
+        CheckpointError: missing/corrupt file, or a card that does not name a zoo model.
+    """
+    from offseg_vis import build_model
+    from offseg_vis.models.weights import read_metadata, weights_path
+
+    path = weights_path(path)
+    meta = read_metadata(path)
+    name, k, classifier = meta.get("model"), meta.get("num_classes"), meta.get("classifier")
+    if not isinstance(name, str) or not isinstance(k, int) or classifier not in ("offset", "linear"):
+        raise CheckpointError(
+            f"Checkpoint {path} has no usable model card (model={name!r}, num_classes={k!r}, "
+            f"classifier={classifier!r}); write it with offseg_vis.models.weights.save_weights."
+        )
+    model = build_model(
+        name, k, classifier=classifier, pretrained=path, classifier_options=meta.get("classifier_options") or None
+    )
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)  # inference only: no autograd bookkeeping
+    stem = path.name[: -len(".safetensors")]
+    return LoadedModel(
+        label=f"{name} · {classifier} ({stem})",
+        path=path,
+        model=model,
+        model_name=name,
+        classifier=classifier,
+        class_names=_class_names(meta, k),
+        palette=_palette(meta, k),
+        metadata=meta,
+        num_params=sum(p.numel() for p in model.parameters()),
+    )
+
+
+class ModelRegistry:
+    """The loaded checkpoints, by label. Offset models come first (the first is the default)."""
+
+    def __init__(self, models: Sequence[LoadedModel]) -> None:
+        if not models:
+            raise CheckpointError(
+                "No checkpoint to serve: put NAME.safetensors (+ NAME.json) files in checkpoints/, or pass "
+                "--checkpoint PATH (train one with `offseg train configs/offseg-mbv2_fashion-scenes.yaml`)."
+            )
+        ordered = sorted(models, key=lambda m: (not m.is_offset, m.label))
+        self.models = {m.label: m for m in ordered}
+        if len(self.models) != len(ordered):
+            raise CheckpointError("Two checkpoints have the same name; give each file a different name.")
+
+    @classmethod
+    def from_paths(cls, paths: Sequence[str | os.PathLike]) -> ModelRegistry:
+        """Load every checkpoint in ``paths`` (files or folders of ``*.safetensors``)."""
+        files: list[Path] = []
+        for p in paths:
+            p = Path(p)
+            found = find_checkpoints(p) if p.is_dir() else [p]
+            files += [f for f in found if f not in files]
+        return cls([load_checkpoint(f) for f in files])
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.models)
+
+    @property
+    def default_label(self) -> str:
+        return self.labels[0]
+
+    def get(self, label: str | None) -> LoadedModel:
+        """The model shown as ``label`` (None = the default)."""
+        if label is None or label == "":
+            return self.models[self.default_label]
+        if label not in self.models:
+            raise CheckpointError(f"There is no model called {label!r}; choose one of: {', '.join(self.labels)}.")
+        return self.models[label]
+
+    def baseline_for(self, entry: LoadedModel) -> LoadedModel | None:
+        """A per-pixel checkpoint comparable with ``entry`` (same classes; same architecture preferred)."""
+        if not entry.is_offset:
+            return None
+        candidates = [m for m in self.models.values() if not m.is_offset and m.class_names == entry.class_names]
+        candidates.sort(key=lambda m: m.model_name != entry.model_name)
+        return candidates[0] if candidates else None
