@@ -23,7 +23,7 @@ from IPython.display import display
 from offseg_vis.analysis import notebook_support as nb
 from offseg_vis.analysis import plots
 
-S = nb.settings()  # OFFSEG_FAST=1 -> small sizes (what the test suite runs)
+S = nb.setup()  # OFFSEG_FAST=1 -> small sizes, one torch thread (what the test suite runs)
 CLASSES, PALETTE = nb.class_names(), nb.palette()
 S"""
 
@@ -156,7 +156,7 @@ wrong), *changed, still wrong*, or *unchanged*. {FAST_NOTE}
 """),
         code(SETUP),
         code("""
-from offseg_vis.analysis import correction_map, corrections_table, probe
+from offseg_vis.analysis import correction_map, corrections_table, offset_effect, probe
 
 offset = nb.load_or_train("offset")
 print(offset.source)
@@ -166,7 +166,10 @@ probes = probe(offset.model, images, labels)"""),
         code("""
 maps = [correction_map(p) for p in probes]
 print(corrections_table(maps, CLASSES))
-print("net fixed pixels (fixed - broken):", sum(m.net_fixed() for m in maps))"""),
+print("net fixed pixels (fixed - broken):", sum(m.net_fixed() for m in maps))
+effect = offset_effect(probes)
+print(f"without offsets: mIoU {100 * effect['mIoU_before']:.1f} %, aAcc {100 * effect['aAcc_before']:.1f} %; "
+      f"with them: mIoU {100 * effect['mIoU_after']:.1f} %, aAcc {100 * effect['aAcc_after']:.1f} %")"""),
         md("## One image"),
         code("""
 p = probes[0]

@@ -94,7 +94,7 @@ def test_load_model_from_metadata(tmp_path, mbv2):
 def test_training_state_round_trip(tmp_path, mbv2):
     opt = torch.optim.AdamW(mbv2.parameters(), lr=1e-3)
     mbv2.train()
-    mbv2.loss(torch.randn(2, 3, 64, 64), torch.randint(0, 11, (2, 64, 64))).backward()
+    mbv2.loss(torch.randn(2, 3, 32, 32), torch.randint(0, 11, (2, 32, 32))).backward()
     opt.step()
     random.seed(3)
     np.random.seed(3)

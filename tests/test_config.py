@@ -83,13 +83,30 @@ def test_every_key_reachable():
     assert "# " not in config_to_yaml(Config())
 
 
+PAPER_RECIPES = [
+    f"{m}_{d}" for m in ("offseg-t", "offseg-b", "offseg-l") for d in ("ade20k", "cityscapes", "coco-stuff")
+] + ["segformer-b0-ol_ade20k", "segnext-t-ol_ade20k"]
+
+
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
-def test_shipped_configs_load(path):
+def test_every_config_loads(path):
+    cfg = load_config(path)
+    assert cfg.model.classifier == "offset"
+
+
+def test_cpu_default_config():
+    cfg = load_config(CONFIGS / "offseg-mbv2_fashion-scenes.yaml")
+    assert cfg.name == "offseg-mbv2_fashion-scenes"
+    assert (cfg.model.name, cfg.model.num_classes, cfg.data.dataset) == ("offseg-mbv2", 11, "fashion-scenes")
+    assert cfg.data.crop_size == [128, 128] and cfg.data.batch_size == 16
+    assert cfg.model.backbone_pretrained is True
+
+
+@pytest.mark.parametrize("stem", PAPER_RECIPES)
+def test_paper_recipes(stem):
+    path = CONFIGS / f"{stem}.yaml"
     cfg = load_config(path)
     assert cfg.name == path.stem
-    assert cfg.model.classifier == "offset"
-    if path.stem.startswith("offseg-mbv2"):
-        return
     # the paper's recipe (spec 3.2)
     assert cfg.optim.lr == pytest.approx(6e-5) and cfg.optim.weight_decay == pytest.approx(0.01)
     assert cfg.optim.head_lr_mult == 10 and cfg.optim.no_decay_keys == ["norm", "pos_block"]

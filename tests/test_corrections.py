@@ -95,3 +95,16 @@ def test_shape_errors():
         correction_codes(BEFORE, AFTER, LABEL[:, :2])
     with pytest.raises(InputError, match="ImageProbe or a pair"):
         correction_map(np.zeros(3))
+
+
+def test_offset_effect_scores_before_and_after():
+    from offseg_vis.analysis.corrections import offset_effect
+
+    lab = np.array([[0, 0, 1, 1]])
+    p = make_probe(np.zeros((1, 4, 2)), np.eye(2), lab, prediction=np.array([[0, 0, 1, 1]]),
+                   prediction_before_offsets=np.array([[0, 1, 1, 1]]), feature_offset=np.zeros((1, 4, 2)))
+    eff = offset_effect([p])
+    assert eff["aAcc_after"] == 1.0 and eff["aAcc_before"] == 0.75
+    assert eff["mIoU_after"] == 1.0 and eff["mIoU_before"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    with pytest.raises(InputError, match="labels"):
+        offset_effect([make_probe(np.zeros((1, 4, 2)), np.eye(2))])

@@ -44,8 +44,15 @@ def _worker(rank: int, world: int, port: int, work_dir: str, batch: int) -> None
 def test_two_processes_equal_one(tmp_path):
     from test_train import tiny_config, tiny_dataset, tiny_model
 
-    ddp_dir = tmp_path / "ddp"
-    mp.spawn(_worker, args=(2, _free_port(), str(ddp_dir), 2), nprocs=2, join=True)
+    for attempt in range(2):
+        ddp_dir = tmp_path / f"ddp{attempt}"
+        try:
+            mp.spawn(_worker, args=(2, _free_port(), str(ddp_dir), 2), nprocs=2, join=True)
+            break
+        except mp.ProcessRaisedException as exc:
+            # the free port can be taken by another program between lookup and bind: retry once
+            if attempt or not any(s in str(exc) for s in ("Address already in use", "EADDRINUSE")):
+                raise
 
     torch.manual_seed(0)
     data = tiny_dataset()

@@ -108,7 +108,7 @@ def test_eval_command_json(tmp_path, capsys):
 
     model = build_model("offseg-mbv2", num_classes=11, classifier="linear")
     data = {"dataset": "fashion-scenes", "val_split": "val",
-            "dataset_options": {"size": 64, "item_min": 16, "item_max": 32}, "val_options": {"length": 3}}
+            "dataset_options": {"config": {"size": 64, "item_min": 16, "item_max": 32}}, "val_options": {"length": 3}}
     ckpt = save_weights(model, tmp_path / "w", {"dataset": "fashion-scenes", "config": {"data": data}})
     out = tmp_path / "m.json"
     code = main(["eval", str(ckpt), "--root", str(tmp_path / "data"), "--json", str(out), "--device", "cpu"])

@@ -10,7 +10,7 @@ Typical use::
 ``plots`` is imported lazily (matplotlib) via ``offseg_vis.analysis.plots``.
 """
 
-from offseg_vis.analysis.corrections import CorrectionMap, correction_map, corrections_table
+from offseg_vis.analysis.corrections import CorrectionMap, correction_map, corrections_table, offset_effect
 from offseg_vis.analysis.embedding import (
     JointEmbedding,
     embed_pixels,
@@ -42,6 +42,7 @@ __all__ = [
     "label_at_features",
     "misalignment",
     "misalignment_suite",
+    "offset_effect",
     "per_class_table",
     "probe",
     "sample_pixels",

@@ -199,3 +199,26 @@ def corrections_table(maps: Sequence[CorrectionMap], class_names: Sequence[str] 
         lines.append(f"{names[i]:<{width}}  " + "  ".join(f"{v:20d}" for v in counts[i]))
     lines.append(f"{'total':<{width}}  " + "  ".join(f"{v:20d}" for v in counts.sum(0)))
     return "\n".join(lines)
+
+
+def offset_effect(probes: Sequence[ImageProbe], ignore_index: int = IGNORE_INDEX) -> dict[str, float]:
+    """mIoU and pixel accuracy of the predictions without and with the offsets, over labelled probes.
+
+    Returns {"mIoU_before", "mIoU_after", "aAcc_before", "aAcc_after"} as fractions. Without offsets the
+    classifier uses norm(E·Wᵀ) only; a model trained with offsets was never asked to work that way, so
+    the gap says how much its predictions rely on the offsets.
+    """
+    from offseg_vis.analysis.scores import confusion_matrix, mean_iou, pixel_accuracy
+
+    labelled = [p for p in probes if p.label is not None]
+    if not labelled:
+        raise InputError("offset_effect needs probes with labels.")
+    k = labelled[0].num_classes
+    before = sum(confusion_matrix(p.prediction_before_offsets, p.label, k, ignore_index) for p in labelled)
+    after = sum(confusion_matrix(p.prediction, p.label, k, ignore_index) for p in labelled)
+    return {
+        "mIoU_before": mean_iou(before),
+        "mIoU_after": mean_iou(after),
+        "aAcc_before": pixel_accuracy(before),
+        "aAcc_after": pixel_accuracy(after),
+    }

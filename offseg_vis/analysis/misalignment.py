@@ -62,23 +62,25 @@ def ideal_class_embed(
         (W* (K, C) float64, prediction (N,) int64): prediction = argmax_k (W*·Eᵀ) for every pixel
         (ignored ones included), the sanity-check segmentation. Rows of absent classes are zero.
     """
+    # One BLAS thread: these matrices are small, and multi-threaded BLAS on cores shared with other jobs
+    # was measured 100x slower (threads spin-waiting for each other).
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _ideal_class_embed(features, label, num_classes, rcond, ignore_index)
+
+
+def _ideal_class_embed(features, label, num_classes, rcond, ignore_index) -> tuple[np.ndarray, np.ndarray]:
     c = features.shape[-1]
     e = np.asarray(features, dtype=np.float64).reshape(-1, c)  # (N, C)
     lab = np.asarray(label).reshape(-1)
     if lab.shape[0] != e.shape[0]:
-        raise InputError(
-            f"Features have {e.shape[0]} pixels but the label has {lab.shape[0]}; they must match."
-        )
+        raise InputError(f"Features have {e.shape[0]} pixels but the label has {lab.shape[0]}; they must match.")
     valid = (lab != ignore_index) & (lab >= 0) & (lab < num_classes)
     if not valid.any():
         return np.zeros((num_classes, c)), np.zeros(e.shape[0], dtype=np.int64)
     e_valid = e[valid]  # (n, C)
     m = np.eye(num_classes)[lab[valid]].T  # (K, n) one-hot
     # E = U S Vᵀ  =>  (Eᵀ)⁺ = U S⁻¹ Vᵀ  and  W* = M U S⁻¹ Vᵀ.
-    # One BLAS thread: these matrices are small, and multi-threaded LAPACK on busy shared cores can be
-    # 100x slower (threads spin-waiting for each other).
-    with threadpool_limits(limits=1, user_api="blas"):
-        u, s, vt = np.linalg.svd(e_valid, full_matrices=False)  # (n, r), (r,), (r, C)
+    u, s, vt = np.linalg.svd(e_valid, full_matrices=False)  # (n, r), (r,), (r, C)
     keep = s > rcond * s[0] if s.size and s[0] > 0 else np.zeros_like(s, dtype=bool)
     w_star = (m @ u[:, keep]) / s[keep] @ vt[keep]  # (K, C)
     prediction = (e @ w_star.T).argmax(1)  # (N,)

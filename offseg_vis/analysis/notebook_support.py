@@ -62,6 +62,17 @@ def settings(fast: bool | None = None) -> NotebookSettings:
                             fallback_steps=600, compare_steps=800, batch_size=16)
 
 
+def setup(fast: bool | None = None) -> NotebookSettings:
+    """A notebook's first call: the settings, and in fast mode one torch thread (the test suite shares
+    the cores with other jobs, where two OpenMP threads waiting for each other run far slower)."""
+    s = settings(fast)
+    if s.fast:
+        import torch
+
+        torch.set_num_threads(1)
+    return s
+
+
 def repo_root() -> Path:
     """The repository folder (the package is installed in editable mode from it)."""
     return Path(__file__).resolve().parents[2]

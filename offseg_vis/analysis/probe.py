@@ -263,9 +263,10 @@ def label_at_features(
 ) -> np.ndarray:
     """Downsample an (H, W) label to the classifier grid (h, w) by majority vote inside each cell.
 
-    Each feature cell takes the most frequent value among the label pixels it covers (area pooling of
-    the one-hot label, ``ignore_index`` counted as its own value); padding added for the backbone counts
-    as ignore. Returns (h, w) int64 with ``ignore_index`` where ignore wins.
+    Label pixel (y, x) of the (padded) canvas (Hp, Wp) falls in cell (y·h // Hp, x·w // Wp); each cell
+    takes the most frequent value among its pixels, ``ignore_index`` counted as its own value (ties go to
+    the lower class id, ignore last). Padding added for the backbone counts as ignore. Returns (h, w)
+    int64 with ``ignore_index`` where ignore wins.
     """
     label = np.asarray(label).astype(np.int64)
     h_in, w_in = label.shape
@@ -273,14 +274,18 @@ def label_at_features(
         canvas = np.full(padded_size, ignore_index, dtype=np.int64)
         canvas[:h_in, :w_in] = label
         label = canvas
+    hp, wp = label.shape
+    h, w = feature_size
     valid = (label != ignore_index) & (label >= 0)
     k = int(num_classes if num_classes is not None else (label[valid].max() + 1 if valid.any() else 1))
     if valid.any() and label[valid].max() >= k:
         raise InputError(f"Label values go up to {label[valid].max()} but the model has {k} classes.")
-    codes = np.where(valid, label, k)  # ignore -> extra channel k
-    one_hot = F.one_hot(torch.from_numpy(codes), k + 1).permute(2, 0, 1).float()  # (K+1, Hp, Wp)
-    share = F.adaptive_avg_pool2d(one_hot[None], feature_size)[0]  # (K+1, h, w)
-    winner = share.argmax(0).numpy().astype(np.int64)
+    codes = np.where(valid, label, k)  # ignore -> extra value k
+    rows = np.arange(hp) * h // hp  # (Hp,) cell row of each label row
+    cols = np.arange(wp) * w // wp  # (Wp,)
+    cell = rows[:, None] * w + cols[None, :]  # (Hp, Wp) flat cell index
+    votes = np.bincount((cell * (k + 1) + codes).ravel(), minlength=h * w * (k + 1)).reshape(h, w, k + 1)
+    winner = votes.argmax(-1).astype(np.int64)  # (h, w)
     winner[winner == k] = ignore_index
     return winner
 

@@ -157,7 +157,8 @@ def _need(analysis: Analysis | None) -> Analysis:
 class OffsetPanels:
     """Output of :func:`offset_panels` (images None for a per-pixel model, with ``note`` saying why).
 
-    correction: (H, W, 3) uint8; magnitude: (H + 34, W, 3) uint8 with its colour bar;
+    correction: (f*H, f*W, 3) uint8; magnitude: (f*H + 34, f*W, 3) uint8 with its colour bar (f enlarges
+    small images for display, see :func:`offseg_vis.app.render.enlarge`);
     class_offsets: rows [class, ‖ΔW‖/‖W‖] of the present classes; attention_classes: names for the
     attention dropdown; attention_default: the one shown first.
     """
@@ -230,7 +231,7 @@ def offset_panels(ctx: AppContext, analysis: Analysis | None) -> OffsetPanels:
 
 
 def attention_panel(ctx: AppContext, analysis: Analysis | None, class_name: str | None) -> tuple[np.ndarray, str]:
-    """Class attention softmax_pixels(E·W_kᵀ) of one class over the image -> ((H + 34, W, 3) uint8, text)."""
+    """Class attention softmax_pixels(E·W_kᵀ) of one class over the image -> ((f*H + 34, f*W, 3) uint8, text)."""
     analysis = _need(analysis)
     entry = ctx.registry.get(analysis.model_label)
     p = analysis.probe
@@ -253,7 +254,8 @@ def attention_panel(ctx: AppContext, analysis: Analysis | None, class_name: str 
 
 @dataclass
 class ComparePanels:
-    """Output of :func:`compare`: overlays of both models and their disagreement, or only ``text``."""
+    """Output of :func:`compare`: overlays of both models and their disagreement ((f*H, f*W, 3) uint8 each),
+    or only ``text`` when there is no baseline."""
 
     offset_overlay: np.ndarray | None
     baseline_overlay: np.ndarray | None

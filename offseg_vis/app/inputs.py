@@ -85,6 +85,15 @@ def _check_file(path: Path, limits: InputLimits) -> None:
         )
 
 
+def _png_declared_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) a PNG header declares (Pillow refuses zero-size PNGs without saying why), else None."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if len(head) < 24 or not head.startswith(b"\x89PNG\r\n\x1a\n") or head[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
 def _open(path: Path) -> Image.Image:
     """Open lazily (header only) and check the format."""
     try:
@@ -93,6 +102,11 @@ def _open(path: Path) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(path)
     except UnidentifiedImageError:
+        declared = _png_declared_size(path)
+        if declared is not None and 0 in declared:
+            raise InputError(
+                f"The image has no pixels ({declared[0]}×{declared[1]}); please upload a non-empty image."
+            ) from None
         raise InputError(
             f"This file is not an image this app can read; please upload a {FORMATS_SENTENCE} file."
         ) from None

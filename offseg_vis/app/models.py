@@ -40,11 +40,26 @@ def find_checkpoints(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in folder.glob("*.safetensors") if p.is_file() and not p.name.startswith("."))
 
 
+def card_dataset(meta: dict) -> str | None:
+    """The dataset a card names: top-level ``dataset`` (training checkpoints) or ``data.dataset`` (exports)."""
+    data = meta.get("data")
+    name = meta.get("dataset") or (data.get("dataset") if isinstance(data, dict) else None)
+    return str(name) if name else None
+
+
+def card_metrics(meta: dict) -> dict:
+    """The card's evaluation numbers: ``metrics`` (training checkpoints) or ``val_metrics`` (exports)."""
+    for key in ("metrics", "val_metrics"):
+        if isinstance(meta.get(key), dict) and meta[key]:
+            return meta[key]
+    return {}
+
+
 def _class_names(meta: dict, k: int) -> list[str]:
     names = meta.get("class_names")
     if isinstance(names, list | tuple) and len(names) == k:
         return [str(n) for n in names]
-    if meta.get("dataset") == "fashion-scenes" and k == 11:
+    if card_dataset(meta) == "fashion-scenes" and k == 11:
         from offseg_vis.data.fashion_scenes import CLASSES
 
         return list(CLASSES)
@@ -58,7 +73,7 @@ def _palette(meta: dict, k: int) -> np.ndarray:
             return np.asarray(pal, dtype=np.int64).reshape(-1, 3)[:k].clip(0, 255).astype(np.uint8)
         except ValueError:
             pass
-    if meta.get("dataset") == "fashion-scenes" and k == 11:
+    if card_dataset(meta) == "fashion-scenes" and k == 11:
         from offseg_vis.data.fashion_scenes import PALETTE
 
         return np.asarray(PALETTE, dtype=np.uint8)
@@ -104,16 +119,16 @@ class LoadedModel:
     @property
     def miou(self) -> float | None:
         """The card's mIoU as a fraction, or None."""
-        value = (self.metadata.get("metrics") or {}).get("mIoU")
+        value = card_metrics(self.metadata).get("mIoU")
         return float(value) if isinstance(value, int | float) else None
 
     def card_markdown(self) -> str:
         """The model card in a few Markdown lines."""
         miou = f"{100 * self.miou:.1f} %" if self.miou is not None else "not recorded"
         kind = "Offset Learning" if self.is_offset else "per-pixel (linear) baseline"
-        dataset = self.metadata.get("dataset") or "unknown data"
-        step = self.metadata.get("step")
-        trained = f", {step} steps" if isinstance(step, int) else ""
+        dataset = card_dataset(self.metadata) or "unknown data"
+        steps = self.metadata.get("steps", self.metadata.get("step"))
+        trained = f", {steps} training steps" if isinstance(steps, int) else ""
         return (
             f"**{self.model_name}** — {kind} classifier · {self.num_params / 1e6:.2f} M parameters · "
             f"mIoU {miou} on {dataset}{trained}\n\n"

@@ -16,6 +16,8 @@ from offseg_vis.analysis.corrections import CODE_COLORS, CODE_NAMES, UNCHANGED, 
 from offseg_vis.analysis.plots import overlay
 
 DISAGREE_RGB = (255, 0, 255)
+MIN_DISPLAY_SIDE = 384  # small images are enlarged (nearest neighbour) so panels and colour bars stay legible
+MASK_OPACITY = 0.6  # how strongly the class colours cover the image in gr.AnnotatedImage
 
 
 def hex_color(rgb: Sequence[int]) -> str:
@@ -38,10 +40,24 @@ def class_shares(prediction: np.ndarray, class_names: Sequence[str]) -> list[lis
 
 
 def annotations(prediction: np.ndarray, class_names: Sequence[str]) -> list[tuple[np.ndarray, str]]:
-    """One (H, W) float 0/1 mask per present class, largest first, for ``gr.AnnotatedImage``."""
+    """One (H, W) float mask per present class, largest first, for ``gr.AnnotatedImage``.
+
+    Mask values are 0 outside the class and ``MASK_OPACITY`` inside (gradio uses them as the opacity).
+    """
     counts = class_pixel_counts(prediction, len(class_names))
     order = [int(c) for c in np.argsort(-counts, kind="stable") if counts[c] > 0]
-    return [((prediction == c).astype(np.float32), class_names[c]) for c in order]
+    return [((prediction == c).astype(np.float32) * MASK_OPACITY, class_names[c]) for c in order]
+
+
+def enlarge(picture: np.ndarray, min_side: int = MIN_DISPLAY_SIDE) -> np.ndarray:
+    """Repeat pixels by the smallest integer factor that brings the longer side to ``min_side``.
+
+    (H, W, 3) -> (f*H, f*W, 3); images already large enough are returned as they are.
+    """
+    factor = max(1, -(-min_side // max(picture.shape[:2])))  # ceil division
+    if factor == 1:
+        return picture
+    return np.repeat(np.repeat(picture, factor, axis=0), factor, axis=1)
 
 
 def grid_to_image(values: np.ndarray, input_size: tuple[int, int], padded_size: tuple[int, int]) -> np.ndarray:
@@ -94,27 +110,27 @@ def heatmap_overlay(
 ) -> np.ndarray:
     """A feature-grid map (h, w) coloured over the grayscale image, with a colour bar underneath.
 
-    Returns (H + 34, W, 3) uint8.
+    Returns (f*H + 34, f*W, 3) uint8 (f: see :func:`enlarge`).
     """
     full = grid_to_image(values, input_size, padded_size)  # (H, W)
     lo = float(np.min(values)) if vmin is None else vmin
     hi = float(np.max(values)) if vmax is None else vmax
     colours = apply_colormap(full, cmap, lo, hi).astype(np.float32)
     blend = (1 - alpha) * _gray(image) + alpha * colours
-    picture = np.clip(blend, 0, 255).astype(np.uint8)
+    picture = enlarge(np.clip(blend, 0, 255).astype(np.uint8))
     return np.concatenate([picture, _colorbar(picture.shape[1], cmap, lo, hi, label)], axis=0)
 
 
 def correction_overlay(image: np.ndarray, cmap: CorrectionMap, alpha: float = 0.75) -> np.ndarray:
     """Correction codes over the grayscale image: unchanged pixels stay gray, changed ones take their
-    code's colour (fixed green, broken red, changed-still-wrong orange, changed blue). (H, W, 3) uint8."""
+    code's colour (fixed green, broken red, changed-still-wrong orange, changed blue). (f*H, f*W, 3) uint8."""
     out = _gray(image) * 0.8 + 40  # lighter gray: the coloured codes read better
     for code, rgb in CODE_COLORS.items():
         if code == UNCHANGED:
             continue
         sel = cmap.codes == code
         out[sel] = (1 - alpha) * out[sel] + alpha * np.asarray(rgb, dtype=np.float32)
-    return np.clip(out, 0, 255).astype(np.uint8)
+    return enlarge(np.clip(out, 0, 255).astype(np.uint8))
 
 
 def correction_legend(cmap: CorrectionMap) -> list[tuple[str, str, int]]:
@@ -124,13 +140,13 @@ def correction_legend(cmap: CorrectionMap) -> list[tuple[str, str, int]]:
 
 
 def segmentation_overlay(image: np.ndarray, prediction: np.ndarray, palette: np.ndarray, alpha: float = 0.55):
-    """Class colours blended over the image, (H, W, 3) uint8 (analysis.plots.overlay)."""
-    return overlay(image, prediction, palette, alpha)
+    """Class colours blended over the image (analysis.plots.overlay), (f*H, f*W, 3) uint8."""
+    return enlarge(overlay(image, prediction, palette, alpha))
 
 
 def disagreement_overlay(image: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    """Pixels where two predictions differ in magenta over the dimmed grayscale image, (H, W, 3) uint8."""
+    """Pixels where two predictions differ in magenta over the dimmed grayscale image, (f*H, f*W, 3) uint8."""
     out = _gray(image) * 0.6 + 60
     differ = first != second
     out[differ] = np.asarray(DISAGREE_RGB, dtype=np.float32)
-    return np.clip(out, 0, 255).astype(np.uint8)
+    return enlarge(np.clip(out, 0, 255).astype(np.uint8))

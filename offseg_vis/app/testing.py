@@ -41,6 +41,10 @@ def write_untrained_checkpoints(
 
 
 def checkpoints_or_untrained(scratch: str | os.PathLike) -> list[Path]:
-    """The shipped checkpoints when ``checkpoints/`` has any, else untrained ones written to ``scratch``."""
+    """The shipped checkpoints when ``checkpoints/`` holds both an offset and a linear one, else an
+    untrained pair written to ``scratch`` (so callers can always rely on both kinds)."""
+    from offseg_vis.models.weights import read_metadata
+
     shipped = find_checkpoints(default_checkpoint_dir())
-    return shipped if shipped else write_untrained_checkpoints(scratch)
+    kinds = {read_metadata(p).get("classifier") for p in shipped}
+    return shipped if {"offset", "linear"} <= kinds else write_untrained_checkpoints(scratch)

@@ -38,24 +38,27 @@ each image before they are compared. Upload an image (PNG, JPEG, WebP, BMP or TI
 scene, press **Segment**, and see what the offsets changed."""
 
 
-class UploadImage(gr.Image):
-    """``gr.Image`` whose server side hands over the uploaded file's path untouched.
+def hand_over_upload_path(component: gr.Image) -> gr.Image:
+    """Make a ``gr.Image(type="filepath")`` pass the uploaded file's path on without opening it.
 
-    The stock component opens the file with Pillow before our code runs, so a bad file would end in a
-    generic error; here :func:`offseg_vis.app.inputs.load_image` does all decoding and explains problems.
+    The stock component opens the file with Pillow before our code runs, so a non-image would end in a
+    generic "Error"; with this, :func:`offseg_vis.app.inputs.load_image` does all decoding and explains
+    problems. (Replacing the method on the instance, not subclassing: gradio writes a ``.pyi`` stub beside
+    the source file of every component subclass it sees.)
     """
+    stock = component.preprocess
 
-    def get_block_name(self) -> str:
-        return "image"  # same front-end widget as gr.Image
-
-    def preprocess(self, payload):
+    def preprocess(payload):
         if payload is None:
             return None
         if payload.url and payload.url.startswith("data:"):
-            return super().preprocess(payload)  # pasted data URL: let gradio store it in its cache first
+            return stock(payload)  # a pasted data URL: gradio stores it in its cache first
         if payload.path is None:
             raise gr.Error("The upload did not arrive; please upload the image again.", print_exception=False)
         return str(payload.path)
+
+    component.preprocess = preprocess
+    return component
 
 
 def _user_errors(fn):
@@ -140,9 +143,11 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             card = gr.Markdown(default.card_markdown(), elem_id="model-card")
         with gr.Row():
             with gr.Column(scale=2):
-                image = UploadImage(
-                    type="filepath", image_mode=None, sources=["upload", "clipboard"], label="Image",
-                    elem_id="input-image", height=320,
+                image = hand_over_upload_path(
+                    gr.Image(
+                        type="filepath", image_mode=None, sources=["upload", "clipboard"], label="Image",
+                        elem_id="input-image", height=320,
+                    )
                 )  # fmt: skip
                 button = gr.Button("Segment", variant="primary", elem_id="segment-button")
                 status = gr.Markdown(elem_id="status")
@@ -164,35 +169,35 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         gr.Markdown("## What the offsets did")
         with gr.Row():
             with gr.Column():
-                correction = gr.Image(label="Correction map: pixels whose class the offsets changed", format="png",
+                correction = gr.Image(label="Correction map: pixels whose class the offsets changed", format="webp",
                                       interactive=False, elem_id="correction")  # fmt: skip
                 correction_text = gr.Markdown()
             with gr.Column():
-                magnitude = gr.Image(label="Feature offset magnitude ‖ΔE‖/‖E‖", format="png", interactive=False,
+                magnitude = gr.Image(label="Feature offset magnitude ‖ΔE‖/‖E‖", format="webp", interactive=False,
                                      elem_id="feature-offset")  # fmt: skip
                 magnitude_text = gr.Markdown()
         with gr.Row():
             with gr.Column():
                 class_bars = gr.BarPlot(
-                    x="class", y="|dW| / |W|", color="class", color_map=colour_map, sort="-y",
+                    x="class", y="|dW| / |W|", color="class", color_map=colour_map, sort="-y", y_lim=[0, None],
                     label="Class offset magnitude ‖ΔW‖/‖W‖ of the classes present", elem_id="class-offsets",
                 )  # fmt: skip
             with gr.Column():
                 attention_class = gr.Dropdown([], label="Class attention of", elem_id="attention-class")
-                attention = gr.Image(label="Class attention (softmax over pixels of E·Wᵀ)", format="png",
+                attention = gr.Image(label="Class attention (softmax over pixels of E·Wᵀ)", format="webp",
                                      interactive=False, elem_id="attention")  # fmt: skip
                 attention_text = gr.Markdown()
 
         gr.Markdown("## Offset Learning vs the per-pixel baseline")
         with gr.Row():
-            cmp_offset = gr.Image(label="Offset Learning", format="png", interactive=False)
-            cmp_base = gr.Image(label="Per-pixel baseline", format="png", interactive=False)
-            cmp_diff = gr.Image(label="Where they disagree", format="png", interactive=False, elem_id="disagreement")
+            cmp_offset = gr.Image(label="Offset Learning", format="webp", interactive=False)
+            cmp_base = gr.Image(label="Per-pixel baseline", format="webp", interactive=False)
+            cmp_diff = gr.Image(label="Where they disagree", format="webp", interactive=False, elem_id="disagreement")
         cmp_text = gr.Markdown()
 
         gr.Markdown("## Pixel features and class embeddings, before and after the offsets")
         method = gr.Radio(list(EMBEDDING_METHODS), value="auto", label="Map", elem_id="embedding-method")
-        embedding = gr.Image(label="Joint 2-D map of E and E' with W and W'", format="png", interactive=False,
+        embedding = gr.Image(label="Joint 2-D map of E and E' with W and W'", format="webp", interactive=False,
                              elem_id="embedding")  # fmt: skip
         embedding_text = gr.Markdown()
 

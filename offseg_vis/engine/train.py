@@ -247,9 +247,10 @@ def _build_fashion_scenes(name: str, root=None, split: str = "train", **options)
 
     if name != "fashion-scenes":
         raise ConfigError(f"Dataset {name!r} needs offseg_vis.data.datasets, which is not available.")
-    ds_args = {k: options.pop(k) for k in ("length", "stream", "fmnist", "progress") if k in options}
-    config = config_from_dict(options) if options else None
-    return FashionScenes(split=split, root=root, config=config, **ds_args)
+    config = options.pop("config", None)
+    if isinstance(config, dict):
+        config = config_from_dict(config)
+    return FashionScenes(split=split, root=root, config=config, **options)
 
 
 def _batch_names(dataset, indices: Sequence[int]) -> list[str]:
@@ -516,7 +517,12 @@ def _train(config, info: DistInfo, resume, work_dir, model, train_raw, val_raw, 
     torch.manual_seed(rt.seed)
 
     # --- data
+    # rank 0 first: it builds any on-disk cache (e.g. FashionScenes val) while the others wait
+    if info.distributed and not info.is_main:
+        dist.barrier()
     train_ds, val_ds, val_transform, classes, palette = build_datasets(config, train_raw, val_raw)
+    if info.distributed and info.is_main:
+        dist.barrier()
     _check_classes(config, classes)
     sampler = ResumableDistributedSampler(train_ds, info.world_size, info.rank, seed=rt.seed)
     iters_per_epoch = len(sampler) // d.batch_size
@@ -555,7 +561,8 @@ def _train(config, info: DistInfo, resume, work_dir, model, train_raw, val_raw, 
         losses = [tuple(x) for x in state.get("losses", [])]
         evals = list(state.get("evals", []))
         best_miou = float(state.get("best_miou", float("nan")))
-        rng_after_resume = state["rng"]
+        per_rank = state.get("rng_per_rank") or []
+        rng_after_resume = per_rank[info.rank] if len(per_rank) == info.world_size else state["rng"]
         logger.info(f"resumed {run_dir} at step {start_step}")
     else:
         rng_after_resume = None
@@ -618,6 +625,11 @@ def _train(config, info: DistInfo, resume, work_dir, model, train_raw, val_raw, 
     }
 
     def write_checkpoint(tag: str, step: int, metrics: dict | None, with_state: bool) -> None:
+        # every rank gets here (same step, same all-reduced metrics): gather each rank's RNG state
+        rngs = [rng_state()]
+        if with_state and info.distributed:
+            rngs = [None] * info.world_size
+            dist.all_gather_object(rngs, rng_state())
         if not info.is_main:
             return
         meta = {**base_meta, "step": step, "metrics": metrics or {}}
@@ -627,7 +639,8 @@ def _train(config, info: DistInfo, resume, work_dir, model, train_raw, val_raw, 
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if use_scaler else {},
-                "rng": rng_state(),
+                "rng": rngs[0],
+                "rng_per_rank": rngs,
                 "losses": [list(x) for x in losses],
                 "evals": evals,
                 "best_miou": best_miou,

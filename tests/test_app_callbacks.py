@@ -1,0 +1,352 @@
+"""The app's callbacks as plain functions: input decoding (every bad input), model cards, panels.
+
+Uses the shipped checkpoints when ``checkpoints/`` has any, else untrained OffSeg-MBV2 checkpoints
+written to a temp folder, so it passes before and after the trained models land.
+"""
+
+from __future__ import annotations
+
+import argparse
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from offseg_vis.analysis.corrections import BROKEN, CODE_COLORS, FIXED, UNCHANGED, correction_map
+from offseg_vis.analysis.probe import probe
+from offseg_vis.app import callbacks, render
+from offseg_vis.app.callbacks import AppContext, AppSettings
+from offseg_vis.app.embedding_budget import EmbeddingSettings, UmapTimer
+from offseg_vis.app.examples import ExampleMasks, example_images, mask_path
+from offseg_vis.app.inputs import InputLimits, load_image
+from offseg_vis.app.models import ModelRegistry, load_checkpoint
+from offseg_vis.app.testing import checkpoints_or_untrained, write_untrained_checkpoints
+from offseg_vis.data.fashion_scenes import CLASSES
+from offseg_vis.errors import CheckpointError, InputError
+
+# ----------------------------------------------------------------------------- input files
+
+
+def _png(width: int, height: int, bit_depth: int = 8, color_type: int = 2, raw: bytes = b"") -> bytes:
+    """A PNG written by hand (for sizes and depths Pillow will not write)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def _rgb(h: int = 40, w: int = 60, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("fmt,suffix", [("PNG", "png"), ("JPEG", "jpg"), ("WEBP", "webp"), ("BMP", "bmp"),
+                                        ("TIFF", "tif")])  # fmt: skip
+def test_accepted_formats_decode_to_rgb(tmp_path, fmt, suffix):
+    img = _rgb()
+    path = tmp_path / f"x.{suffix}"
+    Image.fromarray(img).save(path, format=fmt)
+    loaded = load_image(path)
+    assert loaded.image.shape == (40, 60, 3) and loaded.image.dtype == np.uint8
+    assert loaded.original_size == (40, 60)
+    if fmt in ("PNG", "BMP", "TIFF"):  # lossless
+        np.testing.assert_array_equal(loaded.image, img)
+
+
+def test_modes_grayscale_palette_bilevel(tmp_path):
+    gray = np.arange(40 * 60, dtype=np.uint32).reshape(40, 60) % 256
+    Image.fromarray(gray.astype(np.uint8), "L").save(tmp_path / "l.png")
+    out = load_image(tmp_path / "l.png").image
+    np.testing.assert_array_equal(out, np.repeat(gray.astype(np.uint8)[..., None], 3, axis=2))
+    pal = Image.fromarray(_rgb()).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    pal.save(tmp_path / "p.png")
+    np.testing.assert_array_equal(load_image(tmp_path / "p.png").image, np.asarray(pal.convert("RGB")))
+    Image.fromarray(gray.astype(np.uint8) > 127).save(tmp_path / "one.png")  # mode "1"
+    assert set(np.unique(load_image(tmp_path / "one.png").image)) <= {0, 255}
+
+
+def test_rgba_is_composited_on_white(tmp_path):
+    rgba = np.zeros((32, 32, 4), dtype=np.uint8)
+    rgba[..., 0] = 200  # red-ish everywhere
+    rgba[:16, :, 3] = 255  # top half opaque, bottom half fully transparent
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    loaded = load_image(tmp_path / "a.png")
+    np.testing.assert_array_equal(loaded.image[:16, :, :], np.broadcast_to([200, 0, 0], (16, 32, 3)))
+    np.testing.assert_array_equal(loaded.image[16:], np.full((16, 32, 3), 255))
+    assert any("white" in n for n in loaded.notices)
+
+
+def test_sixteen_bit_gray_and_rgb(tmp_path):
+    values = np.array([[0, 257 * 100], [65535, 257 * 7]], dtype=np.uint16).repeat(16, 0).repeat(16, 1)
+    Image.fromarray(values).save(tmp_path / "g16.png")  # mode I;16
+    out = load_image(tmp_path / "g16.png").image
+    assert out.shape == (32, 32, 3)
+    assert [out[0, 0, 0], out[0, 16, 0], out[16, 0, 0], out[16, 16, 0]] == [0, 100, 255, 7]
+    # 16-bit RGB PNG (Pillow cannot write it): every channel = 0xABCD -> high byte 0xAB.
+    row = b"\x00" + bytes.fromhex("abcd") * 3 * 20
+    (tmp_path / "rgb16.png").write_bytes(_png(20, 20, bit_depth=16, color_type=2, raw=row * 20))
+    out = load_image(tmp_path / "rgb16.png").image
+    assert out.shape == (20, 20, 3) and int(out[0, 0, 0]) == 0xAB
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = np.zeros((30, 50, 3), dtype=np.uint8)
+    img[:, :10] = 255  # white band on the left of the stored pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    Image.fromarray(img).save(tmp_path / "r.jpg", exif=exif, quality=95)
+    loaded = load_image(tmp_path / "r.jpg")
+    assert loaded.image.shape == (50, 30, 3)  # turned upright
+    assert loaded.original_size == (50, 30)
+    assert loaded.image[:10].mean() > 200 and loaded.image[20:].mean() < 50  # left band is now on top
+    assert any("EXIF" in n for n in loaded.notices)
+
+
+def test_large_image_is_downscaled_with_a_notice(tmp_path):
+    Image.fromarray(_rgb(150, 300)).save(tmp_path / "big.png")
+    loaded = load_image(tmp_path / "big.png", InputLimits(max_side=100))
+    assert loaded.image.shape == (50, 100, 3)
+    assert loaded.original_size == (150, 300)
+    assert any("downscaled to 100×50" in n for n in loaded.notices)
+
+
+@pytest.mark.parametrize(
+    "case,expected",
+    [
+        ("text", "not an image"),
+        ("empty", "empty"),
+        ("truncated", "truncated"),
+        ("gif", "not supported"),
+        ("zero", "no pixels"),
+        ("bomb", "too many pixels"),
+        ("tiny", "at least 16 pixels"),
+        ("too_big_file", "above this app's limit"),
+        ("missing", "could not be found"),
+    ],
+)
+def test_bad_inputs_give_one_sentence(tmp_path, case, expected):
+    path = tmp_path / f"{case}.png"
+    limits = InputLimits()
+    if case == "text":
+        path.write_text("hello, I am not an image\n")
+    elif case == "empty":
+        path.write_bytes(b"")
+    elif case == "truncated":
+        Image.fromarray(_rgb(64, 64)).save(path)
+        path.write_bytes(path.read_bytes()[:600])
+    elif case == "gif":
+        Image.fromarray(_rgb()).save(path, format="GIF")
+    elif case == "zero":
+        path.write_bytes(_png(0, 10))
+    elif case == "bomb":
+        path.write_bytes(_png(30_000, 30_000))
+    elif case == "tiny":
+        Image.fromarray(_rgb(4, 40)).save(path)
+    elif case == "too_big_file":
+        Image.fromarray(_rgb(64, 64)).save(path)
+        limits = InputLimits(max_file_mb=0.001)
+    with pytest.raises(InputError) as info:
+        load_image(path, limits)
+    message = str(info.value)
+    assert expected in message
+    assert message.endswith(".") and "Traceback" not in message
+
+
+# ----------------------------------------------------------------------------- models and panels
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory):
+    torch.set_flush_denormal(True)  # untrained weights make denormal floats: keep them cheap
+    try:
+        paths = checkpoints_or_untrained(tmp_path_factory.mktemp("checkpoints"))
+        yield AppContext.from_checkpoints(paths, AppSettings(warm_up_umap=False))
+    finally:
+        torch.set_flush_denormal(False)
+
+
+@pytest.fixture(scope="module")
+def example():
+    path = example_images()[2]
+    return path, np.asarray(Image.open(path).convert("RGB")), np.asarray(Image.open(mask_path(path)), np.int64)
+
+
+@pytest.fixture(scope="module")
+def segmented(ctx, example):
+    return callbacks.segment(ctx, example[0], None)
+
+
+def test_gallery_ships_scenes_with_masks():
+    paths = example_images()
+    assert 6 <= len(paths) <= 8
+    masks = ExampleMasks()
+    assert len(masks) == len(paths)
+    for path in paths:
+        image = np.asarray(Image.open(path).convert("RGB"))
+        mask = masks.lookup(image)
+        assert mask is not None and mask.shape == image.shape[:2] and mask.max() < len(CLASSES)
+    assert masks.lookup(np.zeros((128, 128, 3), np.uint8)) is None
+
+
+def test_registry_puts_offset_first_and_pairs_the_baseline(ctx):
+    offset = ctx.registry.get(None)
+    assert offset.is_offset and offset.label == ctx.registry.labels[0]
+    baseline = ctx.registry.baseline_for(offset)
+    assert baseline is not None and not baseline.is_offset
+    assert ctx.registry.baseline_for(baseline) is None
+    card = offset.card_markdown()
+    assert offset.model_name in card and "parameters" in card and "mIoU" in card and "ankle boot" in card
+    assert offset.num_params == sum(p.numel() for p in offset.model.parameters())
+    with pytest.raises(CheckpointError, match="no model called"):
+        ctx.registry.get("nope")
+
+
+def test_missing_and_corrupt_checkpoints_are_explained(tmp_path):
+    with pytest.raises(CheckpointError, match="No checkpoint to serve"):
+        ModelRegistry.from_paths([tmp_path])
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(tmp_path / "bad.safetensors")
+
+
+def test_segment_returns_annotations_shares_and_the_probe(ctx, example, segmented):
+    path, image, mask = example
+    base, annotations = segmented.annotated
+    np.testing.assert_array_equal(base, image)
+    names = ctx.registry.get(None).class_names
+    assert annotations and all(name in names for _, name in annotations)
+    covered = sum((m > 0).astype(int) for m, _ in annotations)
+    np.testing.assert_array_equal(covered, np.ones(image.shape[:2], int))  # every pixel in exactly one class
+    assert abs(sum(row[1] for row in segmented.shares) - 100.0) < 0.1
+    assert sum(row[2] for row in segmented.shares) == image.shape[0] * image.shape[1]
+    p = segmented.analysis.probe
+    # The gallery scene's ground truth is attached, and the probe equals a direct one.
+    np.testing.assert_array_equal(p.label, mask)
+    direct = probe(ctx.registry.get(None).model, [image])[0]
+    np.testing.assert_array_equal(p.prediction, direct.prediction)
+    assert "ground truth is known" in segmented.status
+
+
+def test_segment_rejects_missing_and_bad_uploads_then_still_works(ctx, tmp_path, example):
+    with pytest.raises(InputError, match="Please upload an image"):
+        callbacks.segment(ctx, None)
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    with pytest.raises(InputError, match="not an image"):
+        callbacks.segment(ctx, bad)
+    small = tmp_path / "small.png"
+    Image.fromarray(example[1][:48, :40]).save(small)
+    result = callbacks.segment(ctx, small)
+    assert result.annotated[0].shape == (48, 40, 3) and result.analysis.probe.label is None
+
+
+def test_offset_panels(ctx, segmented):
+    panels = callbacks.offset_panels(ctx, segmented.analysis)
+    p = segmented.analysis.probe
+    assert panels.correction.shape == (384, 384, 3)  # 128 px scene enlarged 3x for display
+    assert panels.magnitude.shape == (384 + 34, 384, 3)
+    names = ctx.registry.get(None).class_names
+    present = {names[c] for c in np.unique(p.prediction)} | {names[c] for c in np.unique(p.label)}
+    assert {row[0] for row in panels.class_offsets} == present
+    assert all(row[1] >= 0 for row in panels.class_offsets)
+    assert panels.attention_default in panels.attention_classes
+    assert "% of the pixels" in panels.correction_text and "‖ΔE‖/‖E‖" in panels.magnitude_text
+    image, text = callbacks.attention_panel(ctx, segmented.analysis, panels.attention_classes[-1])
+    assert image.shape == (384 + 34, 384, 3) and panels.attention_classes[-1] in text
+    with pytest.raises(InputError, match="Unknown class"):
+        callbacks.attention_panel(ctx, segmented.analysis, "unicorn")
+    with pytest.raises(InputError, match="Segment an image first"):
+        callbacks.offset_panels(ctx, None)
+
+
+def test_correction_overlay_colours_codes():
+    image = np.full((4, 4, 3), 128, np.uint8)
+    before = np.zeros((4, 4), np.int64)
+    after = before.copy()
+    after[0, 0] = 1  # fixed (label 1)
+    after[0, 1] = 1  # broken (label 0)
+    label = np.zeros((4, 4), np.int64)
+    label[0, 0] = 1
+    cmap = correction_map((before, after), label=label, num_classes=2)
+    out = render.correction_overlay(image, cmap)
+    f = out.shape[0] // 4
+    fixed, broken, unchanged = out[0, 0], out[0, f], out[3 * f, 3 * f]
+    assert np.argmax(fixed) == 1 and fixed[1] > 130  # green dominates
+    assert np.argmax(broken) == 0 and broken[0] > 150  # red dominates
+    assert unchanged[0] == unchanged[1] == unchanged[2]  # gray
+    assert {name for name, _, _ in render.correction_legend(cmap)} >= {"fixed", "broken"}
+    assert CODE_COLORS[FIXED] != CODE_COLORS[BROKEN] != CODE_COLORS[UNCHANGED]
+
+
+def test_compare_highlights_disagreement(ctx, segmented):
+    panels = callbacks.compare(ctx, segmented.analysis)
+    p = segmented.analysis.probe
+    base = probe(ctx.registry.baseline_for(ctx.registry.get(None)).model, [p.image])[0]
+    differ = p.prediction != base.prediction
+    assert f"{100 * differ.mean():.1f} %" in panels.text
+    f = panels.disagreement.shape[0] // p.image.shape[0]
+    magenta = np.all(panels.disagreement[::f, ::f] == render.DISAGREE_RGB, axis=-1)
+    np.testing.assert_array_equal(magenta, differ)
+    only_offset = AppContext(ModelRegistry([ctx.registry.get(None)]), AppSettings(warm_up_umap=False))
+    assert "No per-pixel baseline" in callbacks.compare(only_offset, segmented.analysis).text
+
+
+def test_linear_model_has_no_offset_panels(ctx, example):
+    linear = ctx.registry.baseline_for(ctx.registry.get(None))
+    result = callbacks.segment(ctx, example[0], linear.label)
+    panels = callbacks.offset_panels(ctx, result.analysis)
+    assert panels.correction is None and "no offsets" in panels.note
+    assert "itself the per-pixel baseline" in callbacks.compare(ctx, result.analysis).text
+
+
+def test_embedding_panel_pca_and_budget_choice(ctx, segmented):
+    picture, text = callbacks.embedding_panel(ctx, segmented.analysis, "pca")
+    assert picture.ndim == 3 and picture.shape[2] == 3 and picture.dtype == np.uint8
+    assert text.startswith("PCA") and "points" in text
+    with pytest.raises(InputError, match="Unknown embedding method"):
+        callbacks.embedding_panel(ctx, segmented.analysis, "tsne")
+    timer = UmapTimer(EmbeddingSettings(budget_s=5.0, fit_share=0.6))
+    assert timer.choose("auto", 2000)[0] == "pca"  # not calibrated yet
+    timer.record(2000, 1.0)  # 0.5 ms per point -> 1 s for 2000 points
+    assert timer.choose("auto", 2000)[0] == "umap"
+    timer.record(2000, 20.0)  # the machine got busy: estimate now (0.5 + 10) / 2 ms per point
+    method, why = timer.choose("auto", 2000)
+    assert method == "pca" and "10.5 s" in why
+    assert timer.choose("umap", 2000)[0] == "umap" and timer.choose("pca", 10)[0] == "pca"
+
+
+def test_render_helpers():
+    pred = np.array([[0, 0, 2], [2, 2, 2]])
+    rows = render.class_shares(pred, ["a", "b", "c"])
+    assert rows == [["c", 66.67, 4], ["a", 33.33, 2]]
+    masks = render.annotations(pred, ["a", "b", "c"])
+    assert [n for _, n in masks] == ["c", "a"] and masks[0][0].max() == pytest.approx(render.MASK_OPACITY)
+    assert render.hex_color((255, 0, 16)) == "#ff0010"
+    grid = np.arange(4, dtype=np.float32).reshape(2, 2)
+    assert render.grid_to_image(grid, (7, 6), (8, 8)).shape == (7, 6)
+    assert render.enlarge(np.zeros((100, 50, 3), np.uint8)).shape == (400, 200, 3)
+    assert render.enlarge(np.zeros((500, 50, 3), np.uint8)).shape == (500, 50, 3)
+
+
+def test_commands_register_app_and_demo(tmp_path):
+    from offseg_vis.app.commands import register, run_app
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["app", "--checkpoint", str(tmp_path), "--port", "7999", "--max-side", "512",
+                              "--max-file-mb", "2"])  # fmt: skip
+    assert args.host == "127.0.0.1" and args.port == 7999 and args.max_side == 512 and args.max_file_mb == 2
+    demo = parser.parse_args(["demo"])
+    assert demo.func is run_app and demo.host == "127.0.0.1" and demo.checkpoint is None
+    with pytest.raises(CheckpointError, match="No checkpoint to serve"):
+        run_app(args)  # empty folder: a sentence, not a traceback
+
+
+def test_untrained_checkpoints_carry_a_fashion_scenes_card(tmp_path):
+    paths = write_untrained_checkpoints(tmp_path, classifiers=("linear",))
+    entry = load_checkpoint(paths[0])
+    assert entry.class_names == list(CLASSES) and entry.palette.shape == (11, 3) and entry.miou is None
