@@ -3,6 +3,7 @@
 Times full training steps (forward, cross-entropy, backward, AdamW step with the engine's parameter
 groups) on random images and labels, after warm-up steps; reports the median and best step time.
 Data loading is excluded, so the numbers are an upper bound of what ``offseg train`` reaches.
+The 1-minute load average is printed: on a shared machine, compare classifiers by their ratio.
 
     python scripts/bench_train_throughput.py --model offseg-mbv2 --size 128 --batch 16 --threads 2
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -22,23 +24,32 @@ from offseg_vis.engine.train import build_optimizer
 from offseg_vis.models.zoo import build_model
 
 
-def bench(model_name: str, classifier: str, size: int, batch: int, num_classes: int, warmup: int, steps: int):
-    """Seconds per training step (list) for one classifier."""
-    torch.manual_seed(0)
-    model = build_model(model_name, num_classes=num_classes, classifier=classifier)
-    model.train()
-    optimizer = build_optimizer(model, OptimConfig(lr=1e-4))
+def bench(
+    model_name: str, classifiers: list[str], size: int, batch: int, num_classes: int, warmup: int, steps: int
+) -> dict[str, list[float]]:
+    """Seconds per training step for each classifier.
+
+    The classifiers' steps are interleaved (A, B, A, B, ...) so that on a shared machine both see
+    the same background load and their ratio stays meaningful.
+    """
+    runs = {}
+    for clf in classifiers:
+        torch.manual_seed(0)
+        model = build_model(model_name, num_classes=num_classes, classifier=clf)
+        model.train()
+        runs[clf] = (model, build_optimizer(model, OptimConfig(lr=1e-4)))
     images = torch.randn(batch, 3, size, size)  # (B, 3, S, S)
     labels = torch.randint(0, num_classes, (batch, size, size))  # (B, S, S)
-    times = []
+    times: dict[str, list[float]] = {clf: [] for clf in classifiers}
     for i in range(warmup + steps):
-        start = time.perf_counter()
-        loss = model.loss(images, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
+        for clf, (model, optimizer) in runs.items():
+            start = time.perf_counter()
+            loss = model.loss(images, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if i >= warmup:
+                times[clf].append(time.perf_counter() - start)
     return times
 
 
@@ -65,8 +76,9 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(),
         "classifiers": {},
     }
-    for clf in args.classifiers:
-        times = bench(args.model, clf, args.size, args.batch, args.num_classes, args.warmup, args.steps)
+    all_times = bench(args.model, args.classifiers, args.size, args.batch, args.num_classes, args.warmup, args.steps)
+    results["load_average_1min"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    for clf, times in all_times.items():
         med, best = statistics.median(times), min(times)
         results["classifiers"][clf] = {
             "median_step_s": med,
@@ -78,6 +90,7 @@ def main() -> None:
             f"{args.model} [{clf}] {args.size}px batch {args.batch}, {results['threads']} threads: "
             f"{args.batch / med:.1f} img/s (median step {med * 1000:.0f} ms, best {best * 1000:.0f} ms)"
         )
+    print(f"load average (1 min) at the end: {results['load_average_1min']}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2)

@@ -164,7 +164,7 @@ def test_full_swin_t_parameter_count_and_official_names(classifier, paper_m):
     broken = dict(official)
     del broken["decode_head.query_feat.weight"]
     broken["decode_head.level_embed.weight"] = torch.zeros(4, 256)
-    with pytest.raises(CheckpointError, match="missing key.*query_feat.*shape mismatch.*level_embed"):
+    with pytest.raises(CheckpointError, match="keys missing.*query_feat.*shape mismatches.*level_embed"):
         convert_official_mask2former(broken)
 
 

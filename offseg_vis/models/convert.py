@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from offseg_vis.errors import CheckpointError
+from offseg_vis.models.key_accounting import misfit_parts
 
 # Keys that exist in official checkpoints and that our models deliberately do not build.
 DROPPED_SEGMENTOR_KEYS = (r"^decode_head\.conv_seg\.",)
@@ -93,24 +94,9 @@ def map_official_segmentor_keys(
     return out, report
 
 
-def _check_against(
-    out: dict[str, Tensor], target: dict[str, Tensor], report: ConversionReport, what: str
-) -> None:
-    unknown = sorted(k for k in out if k not in target)
-    missing = sorted(k for k in target if k not in out)
-    mismatched = sorted(
-        f"{k}: checkpoint {tuple(out[k].shape)} vs model {tuple(target[k].shape)}"
-        for k in out
-        if k in target and out[k].shape != target[k].shape
-    )
-    if unknown or missing or mismatched:
-        parts = []
-        if unknown:
-            parts.append(f"{len(unknown)} unknown keys (e.g. {unknown[:4]})")
-        if missing:
-            parts.append(f"{len(missing)} model keys missing from the checkpoint (e.g. {missing[:4]})")
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatches (e.g. {mismatched[:3]})")
+def _check_against(out: dict[str, Tensor], target: dict[str, Tensor], report: ConversionReport, what: str) -> None:
+    parts = misfit_parts(out, target)
+    if parts:
         raise CheckpointError(
             f"The checkpoint does not fit this {what}: " + "; ".join(parts) + ". "
             "Check that the model name, variant and number of classes match the checkpoint."

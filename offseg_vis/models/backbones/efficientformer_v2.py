@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from offseg_vis.errors import CheckpointError, ConfigError, InputError
+from offseg_vis.models.key_accounting import misfit_parts
 
 __all__ = [
     "VARIANTS",
@@ -583,26 +584,15 @@ def load_imagenet_weights(
     state = _read_checkpoint(source, allow_pickle)
     own = model.state_dict()
     report = ImageNetLoadReport()
-    unexpected, mismatched, to_load = [], [], {}
+    to_load = {}
     for key, value in state.items():
         if key.startswith(IMAGENET_IGNORED_PREFIXES):
             report.ignored.append(key)
-        elif key not in own:
-            unexpected.append(key)
-        elif tuple(value.shape) != tuple(own[key].shape):
-            mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(own[key].shape)}")
         else:
             to_load[key] = value
-    missing = [k for k in own if k not in to_load and not k.endswith(SEG_ONLY_SUFFIXES)]
-    if unexpected or mismatched or missing:
+    parts = misfit_parts(to_load, own, may_be_missing=lambda key: key.endswith(SEG_ONLY_SUFFIXES))
+    if parts:
         widths = "x".join(str(c) for c in model.out_channels)
-        parts = []
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatches (e.g. {'; '.join(mismatched[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unknown keys (e.g. {', '.join(unexpected[:3])})")
-        if missing:
-            parts.append(f"{len(missing)} keys missing (e.g. {', '.join(missing[:3])})")
         raise CheckpointError(
             f"The checkpoint does not fit this EfficientFormerV2 (widths {widths}): {'; '.join(parts)}. "
             "Use the ImageNet checkpoint of the same variant (s1, s2 or l)."

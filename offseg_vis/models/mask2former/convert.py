@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from offseg_vis.errors import CheckpointError
+from offseg_vis.models.key_accounting import misfit_parts
 
 _OL_KEY = re.compile(r"^decode_head\.([A-Za-z0-9_]+)\.(cls_offset_proj|feat_offset_proj)\.weight$")
 _MAX_LISTED = 25
@@ -32,11 +33,6 @@ def _unwrap(checkpoint: Mapping) -> dict[str, Tensor]:
     if sd and all(k.startswith("module.") for k in sd):  # saved from a DistributedDataParallel wrapper
         sd = {k[len("module."):]: v for k, v in sd.items()}
     return sd
-
-
-def _listed(keys: list[str]) -> str:
-    shown = ", ".join(keys[:_MAX_LISTED])
-    return shown + (f" … and {len(keys) - _MAX_LISTED} more" if len(keys) > _MAX_LISTED else "")
 
 
 def expected_shapes(num_classes: int, classifier: str, variant: str = "swin-t") -> dict[str, tuple[int, ...]]:
@@ -82,19 +78,7 @@ def convert_official_mask2former(state_dict: Mapping, variant: str = "swin-t") -
     num_classes = renamed["decode_head.cls_embed.weight"].shape[0] - 1
     classifier = "offset" if ol_names else "linear"
     expected = expected_shapes(num_classes, classifier, variant)
-    unknown = sorted(set(renamed) - set(expected))
-    missing = sorted(set(expected) - set(renamed))
-    mismatched = sorted(
-        f"{k} {tuple(renamed[k].shape)} != ours {expected[k]}"
-        for k in set(expected) & set(renamed) if tuple(renamed[k].shape) != expected[k]
-    )
-    problems = []
-    if unknown:
-        problems.append(f"{len(unknown)} unknown key(s): {_listed(unknown)}")
-    if missing:
-        problems.append(f"{len(missing)} missing key(s): {_listed(missing)}")
-    if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatch(es): {_listed(mismatched)}")
+    problems = misfit_parts(renamed, expected)
     if problems:
         raise CheckpointError(
             f"Cannot convert this checkpoint to mask2former-{variant} ({classifier}, {num_classes} classes): "
