@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -63,11 +64,20 @@ def test_notebook_runs_in_fast_mode(path, notebook_workspace, monkeypatch):
     monkeypatch.setenv("OFFSEG_RUNS", str(notebook_workspace / "runs"))
     monkeypatch.setenv("OFFSEG_CACHE", str(notebook_workspace / "cache"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    nb = nbformat.read(path, as_version=4)
-    client = nbclient.NotebookClient(
-        nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
-    )
-    client.execute()  # raises CellExecutionError with the failing cell's traceback
+    for attempt in range(2):
+        nb = nbformat.read(path, as_version=4)
+        client = nbclient.NotebookClient(
+            nb, timeout=400, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+        )
+        try:
+            client.execute()  # raises CellExecutionError with the failing cell's traceback
+            break
+        except nbclient.exceptions.CellTimeoutError:
+            # Seen rarely on busy shared cores: the kernel sits idle in a lock wait after the UMAP cells
+            # and never replies. One fresh kernel is allowed; a second hang fails the test.
+            if attempt:
+                raise
+            warnings.warn(f"{path.name}: a cell timed out; retrying once with a fresh kernel", stacklevel=1)
     texts, images = [], 0
     for cell in nb.cells:
         for out in cell.get("outputs", []):

@@ -28,7 +28,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from offseg_vis.analysis.cache import arrays_digest, params_digest, save_npz_atomic
 from offseg_vis.analysis.probe import IGNORE_INDEX, ImageProbe, label_at_features
@@ -286,9 +285,7 @@ def fit_joint_umap(pixels: PixelFeatures, seed: int = 0, **options) -> JointEmbe
     extra = extra.astype(np.float32)
     if opts.normalize:
         data, extra = _l2_normalise(data), _l2_normalise(extra)
-    # One BLAS thread for PCA: multi-threaded BLAS on cores shared with other jobs can stall badly.
-    with threadpool_limits(limits=1, user_api="blas"):
-        coords, placed = _reduce(data, extra, opts, seed)
+    coords, placed = _reduce(data, extra, opts, seed)
     rng = np.random.default_rng(seed)
     arrows = (
         np.sort(rng.choice(n, size=min(opts.n_arrows, n), replace=False))
