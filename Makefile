@@ -12,9 +12,9 @@ $(STAMP): pyproject.toml scripts/setup.sh
 	PYTHON=$(PYTHON) bash scripts/setup.sh
 	touch $(STAMP)
 
-# Until the app lands, the main job prints what the package knows.
+# The main job: the Gradio app on 127.0.0.1 with the shipped checkpoints (prints its URL).
 demo: setup
-	$(VENV)/bin/offseg info
+	$(VENV)/bin/offseg demo
 
 lint: setup
 	$(VENV)/bin/ruff check offseg_vis tests scripts
