@@ -45,8 +45,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--checkpoint", nargs="+", default=None, help="default: checkpoints/ (untrained if empty)")
-    parser.add_argument("--http", action="store_true", help="also time the /segment API through a local server")
+    parser.add_argument(
+        "--checkpoint", nargs="+", default=None, help="default: checkpoints/ (untrained if empty)"
+    )
+    parser.add_argument(
+        "--http", action="store_true", help="also time the /segment API through a local server"
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -66,8 +70,11 @@ def main() -> None:
     ctx = AppContext.from_checkpoints(paths, AppSettings(warm_up_umap=True))
     entry = ctx.registry.get(None)
     upload = scene_png(work, args.size)
-    print(f"model {entry.label} ({entry.num_params / 1e6:.2f} M params), {torch.get_num_threads()} torch threads, "
-          f"{os.cpu_count()} CPUs, upload {upload.name} ({upload.stat().st_size / 1024:.0f} KB)")
+    print(
+        f"model {entry.label} ({entry.num_params / 1e6:.2f} M params), "
+        f"{torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs, "
+        f"upload {upload.name} ({upload.stat().st_size / 1024:.0f} KB)"
+    )
     annotated = gr.AnnotatedImage(format="png", render=False)
     table = gr.Dataframe(headers=["class", "share (%)", "pixels"], render=False)
     picture = gr.Image(format="webp", render=False)  # as the page: webp panels, png segmentation
@@ -90,10 +97,14 @@ def main() -> None:
     for r in range(args.runs):
         result, wall, cpu = timed(click)
         _, seg_wall, _ = timed(callbacks.segment, ctx, upload, entry.label)
-        rows.append({"click_s": wall, "click_cpu_s": cpu, "segment_only_s": seg_wall,
-                     "load": os.getloadavg()[0]})  # fmt: skip
-        print(f"run {r}: segmentation + offset panels {wall:.3f} s (CPU {cpu:.2f} s; segment step alone "
-              f"{seg_wall:.3f} s); load average {rows[-1]['load']:.1f}", flush=True)
+        rows.append(
+            {"click_s": wall, "click_cpu_s": cpu, "segment_only_s": seg_wall, "load": os.getloadavg()[0]}
+        )
+        print(
+            f"run {r}: segmentation + offset panels {wall:.3f} s (CPU {cpu:.2f} s; segment step alone "
+            f"{seg_wall:.3f} s); load average {rows[-1]['load']:.1f}",
+            flush=True,
+        )
     analysis = result.analysis
     _, cmp_wall, _ = timed(callbacks.compare, ctx, analysis)
     thread_done = time.perf_counter()
@@ -117,15 +128,31 @@ def main() -> None:
             _, wall, _ = timed(lambda: client.predict(handle_file(str(upload)), api_name="/segment"))
             http.append(wall)
         app.close()
-        print(f"/segment over HTTP (upload, segment, encode, download): median {statistics.median(http):.3f} s")
+        print(
+            f"/segment over HTTP (upload, segment, encode, download): median {statistics.median(http):.3f} s"
+        )
     median = statistics.median(r["click_s"] for r in rows)
-    print(f"MEDIAN {args.size}x{args.size} upload -> segmentation + offset panels: {median:.3f} s "
-          f"(CPU {statistics.median(r['click_cpu_s'] for r in rows):.2f} s); baseline comparison {cmp_wall:.2f} s")
+    print(
+        f"MEDIAN {args.size}x{args.size} upload -> segmentation + offset panels: {median:.3f} s "
+        f"(CPU {statistics.median(r['click_cpu_s'] for r in rows):.2f} s); "
+        f"baseline comparison {cmp_wall:.2f} s"
+    )
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "size": args.size, "model": entry.label, "threads": torch.get_num_threads(), "runs": rows,
-            "median_click_s": median, "compare_s": cmp_wall, "embedding": emb_rows, "http_segment_s": http,
-        }, indent=2))  # fmt: skip
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "size": args.size,
+                    "model": entry.label,
+                    "threads": torch.get_num_threads(),
+                    "runs": rows,
+                    "median_click_s": median,
+                    "compare_s": cmp_wall,
+                    "embedding": emb_rows,
+                    "http_segment_s": http,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

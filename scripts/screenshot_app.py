@@ -22,12 +22,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--example", type=int, default=2, help="index into the gallery (sorted by name)")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "figures" / "app.png")
-    parser.add_argument("--checkpoint", nargs="+", default=None, help="default: the repository's checkpoints/")
-    parser.add_argument("--allow-untrained", action="store_true",
-                        help="without shipped checkpoints, use untrained ones (for trying the script only)")
+    parser.add_argument(
+        "--checkpoint", nargs="+", default=None, help="default: the repository's checkpoints/"
+    )
+    parser.add_argument(
+        "--allow-untrained",
+        action="store_true",
+        help="without shipped checkpoints, use untrained ones (for trying the script only)",
+    )
     parser.add_argument("--width", type=int, default=1400)
-    parser.add_argument("--budget", type=float, default=5.0,
-                        help="embedding time budget in seconds (auto picks UMAP when it fits; default 5)")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=5.0,
+        help="embedding time budget in seconds (auto picks UMAP when it fits; default 5)",
+    )
     args = parser.parse_args()
 
     import torch
@@ -57,16 +66,24 @@ def main() -> None:
     app = start(ctx, port=None, temp_dir=work / "app")
     try:
         image = example_images()[args.example]
-        run = segment_in_browser(app.url, image, screenshot=args.out, wait_for_embedding=True, timeout_s=600,
-                                 viewport=(args.width, 1000))  # fmt: skip
+        run = segment_in_browser(
+            app.url,
+            image,
+            screenshot=args.out,
+            wait_for_embedding=True,
+            timeout_s=600,
+            viewport=(args.width, 1000),
+        )
     finally:
         app.close()
         torch.set_flush_denormal(False)
     with Image.open(args.out) as im:
         im.convert("RGB").save(args.out, optimize=True)  # no alpha: smaller file
         size = im.size
-    print(f"{args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out}: {size[0]}×{size[1]}, "
-          f"{os.path.getsize(args.out) / 1024:.0f} KB; legend {run.legend}; blocked requests {run.blocked}")
+    print(
+        f"{args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out}: {size[0]}×{size[1]}, "
+        f"{os.path.getsize(args.out) / 1024:.0f} KB; legend {run.legend}; blocked requests {run.blocked}"
+    )
 
 
 if __name__ == "__main__":

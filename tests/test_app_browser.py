@@ -30,7 +30,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium binary on this machine (make setup installs Debian's)")
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="no Chromium binary on this machine (make setup installs Debian's)"
+)
 def test_upload_segment_and_screenshot_in_chromium(tmp_path, monkeypatch):
     pytest.importorskip("playwright", reason="the playwright package is part of the test extra")
     monkeypatch.delenv(TEMP_ENV, raising=False)
@@ -42,7 +44,9 @@ def test_upload_segment_and_screenshot_in_chromium(tmp_path, monkeypatch):
     app = start(ctx, port=_free_port(), temp_dir=tmp_path / "app-temp")
     try:
         shot = tmp_path / "app.png"
-        run = segment_in_browser(app.url, example_images()[0], screenshot=shot, chromium=CHROMIUM, timeout_s=240)
+        run = segment_in_browser(
+            app.url, example_images()[0], screenshot=shot, chromium=CHROMIUM, timeout_s=240
+        )
     finally:
         app.close()
         torch.set_flush_denormal(False)

@@ -34,18 +34,29 @@ def _png(width: int, height: int, bit_depth: int = 8, color_type: int = 2, raw: 
     """A PNG written by hand (for sizes and depths Pillow will not write)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _rgb(h: int = 40, w: int = 60, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
-@pytest.mark.parametrize("fmt,suffix", [("PNG", "png"), ("JPEG", "jpg"), ("WEBP", "webp"), ("BMP", "bmp"),
-                                        ("TIFF", "tif")])  # fmt: skip
+@pytest.mark.parametrize(
+    "fmt,suffix", [("PNG", "png"), ("JPEG", "jpg"), ("WEBP", "webp"), ("BMP", "bmp"), ("TIFF", "tif")]
+)
 def test_accepted_formats_decode_to_rgb(tmp_path, fmt, suffix):
     img = _rgb()
     path = tmp_path / f"x.{suffix}"
@@ -172,7 +183,11 @@ def ctx(tmp_path_factory):
 @pytest.fixture(scope="module")
 def example():
     path = example_images()[2]
-    return path, np.asarray(Image.open(path).convert("RGB")), np.asarray(Image.open(mask_path(path)), np.int64)
+    return (
+        path,
+        np.asarray(Image.open(path).convert("RGB")),
+        np.asarray(Image.open(mask_path(path)), np.int64),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -337,8 +352,9 @@ def test_commands_register_app_and_demo(tmp_path):
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["app", "--checkpoint", str(tmp_path), "--port", "7999", "--max-side", "512",
-                              "--max-file-mb", "2"])  # fmt: skip
+    args = parser.parse_args(
+        ["app", "--checkpoint", str(tmp_path), "--port", "7999", "--max-side", "512", "--max-file-mb", "2"]
+    )
     assert args.host == "127.0.0.1" and args.port == 7999 and args.max_side == 512 and args.max_file_mb == 2
     demo = parser.parse_args(["demo"])
     assert demo.func is run_app and demo.host == "127.0.0.1" and demo.checkpoint is None

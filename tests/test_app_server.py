@@ -39,7 +39,10 @@ def served(tmp_path_factory, monkeypatch_module):
     ctx = AppContext.from_checkpoints(paths, settings)
     app = start(ctx, port=free_port(), temp_dir=temp_dir)
     client = gradio_client.Client(
-        app.url, verbose=False, analytics_enabled=False, download_files=str(tmp_path_factory.mktemp("downloads"))
+        app.url,
+        verbose=False,
+        analytics_enabled=False,
+        download_files=str(tmp_path_factory.mktemp("downloads")),
     )
     try:
         yield app, client, ctx

@@ -17,6 +17,13 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 CHROMIUM_ENV = "OFFSEG_CHROMIUM"
+PANELS = (
+    "correction",
+    "feature-offset",
+    "attention",
+    "disagreement",
+    "embedding",
+)  # elem_ids of result images
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -86,7 +93,7 @@ def segment_in_browser(
         url: the app's local URL.
         image: file to upload.
         screenshot: save a full-page PNG here (after the result, and the embedding when waited for).
-        wait_for_embedding: also wait until the embedding panel shows its picture.
+        wait_for_embedding: also wait until every panel, the embedding last, shows its picture.
         chromium: browser binary (default :func:`find_chromium`).
         timeout_s: upper bound for each wait.
 
@@ -128,7 +135,11 @@ def segment_in_browser(
             legend.first.wait_for(state="visible")
             page.locator("#status p").first.wait_for(state="visible")
             if wait_for_embedding:
-                page.locator("#embedding img").first.wait_for(state="visible")
+                # Panel images load lazily: bring each into view so it loads (and shows in the screenshot).
+                for panel in PANELS:
+                    page.locator(f"#{panel}").scroll_into_view_if_needed()
+                    page.locator(f"#{panel} img").first.wait_for(state="visible")
+                page.evaluate("window.scrollTo(0, 0)")
             run = BrowserRun(
                 annotated_visible=page.locator("#segmentation img").first.is_visible(),
                 legend=[t.strip() for t in legend.all_inner_texts()],

@@ -188,7 +188,9 @@ def offset_panels(ctx: AppContext, analysis: Analysis | None) -> OffsetPanels:
     entry = ctx.registry.get(analysis.model_label)
     p = analysis.probe
     if not p.is_offset_model:
-        note = "This is the per-pixel baseline: it has no offsets. Choose an Offset Learning model to see them."
+        note = (
+            "This is the per-pixel baseline: it has no offsets. Choose an Offset Learning model to see them."
+        )
         return OffsetPanels(None, note, None, note, [], [], None, note)
     names = entry.class_names
     cmap = correction_map(p)
@@ -202,8 +204,8 @@ def offset_panels(ctx: AppContext, analysis: Analysis | None) -> OffsetPanels:
         )
     else:
         text = (
-            f"The offsets changed the class of {changed:.1f} % of the pixels (blue; {legend}). Without a ground "
-            "truth, fixed and broken cannot be told apart — try a gallery scene."
+            f"The offsets changed the class of {changed:.1f} % of the pixels (blue; {legend}). "
+            "Without a ground truth, fixed and broken cannot be told apart — try a gallery scene."
         )
     ratio = offsets.feature_offset_ratio(p)  # (h, w)
     magnitude = render.heatmap_overlay(
@@ -230,8 +232,13 @@ def offset_panels(ctx: AppContext, analysis: Analysis | None) -> OffsetPanels:
     )
 
 
-def attention_panel(ctx: AppContext, analysis: Analysis | None, class_name: str | None) -> tuple[np.ndarray, str]:
-    """Class attention softmax_pixels(E·W_kᵀ) of one class over the image -> ((f*H + 34, f*W, 3) uint8, text)."""
+def attention_panel(
+    ctx: AppContext, analysis: Analysis | None, class_name: str | None
+) -> tuple[np.ndarray, str]:
+    """Class attention softmax_pixels(E·W_kᵀ) of one class over the image.
+
+    Returns ((f*H + 34, f*W, 3) uint8 picture with its colour bar, text).
+    """
     analysis = _need(analysis)
     entry = ctx.registry.get(analysis.model_label)
     p = analysis.probe
@@ -289,7 +296,9 @@ def compare(ctx: AppContext, analysis: Analysis | None) -> ComparePanels:
         valid = p.label != 255
         acc_off = 100 * float((p.prediction == p.label)[valid].mean()) if valid.any() else float("nan")
         acc_base = 100 * float((base.prediction == p.label)[valid].mean()) if valid.any() else float("nan")
-        text += f" Pixel accuracy against the ground truth: offset {acc_off:.1f} %, baseline {acc_base:.1f} %."
+        text += (
+            f" Pixel accuracy against the ground truth: offset {acc_off:.1f} %, baseline {acc_base:.1f} %."
+        )
     return ComparePanels(
         render.segmentation_overlay(p.image, p.prediction, entry.palette),
         render.segmentation_overlay(p.image, base.prediction, baseline.palette),
@@ -298,7 +307,9 @@ def compare(ctx: AppContext, analysis: Analysis | None) -> ComparePanels:
     )
 
 
-def embedding_panel(ctx: AppContext, analysis: Analysis | None, method: str = "auto") -> tuple[np.ndarray, str]:
+def embedding_panel(
+    ctx: AppContext, analysis: Analysis | None, method: str = "auto"
+) -> tuple[np.ndarray, str]:
     """This image's pixel features before (E) and after (E') the offsets in one 2-D map, with W and W'.
 
     ``method`` is "auto" (UMAP when it fits the time budget, else PCA), "umap" or "pca".
@@ -308,7 +319,9 @@ def embedding_panel(ctx: AppContext, analysis: Analysis | None, method: str = "a
 
     analysis = _need(analysis)
     if method not in EMBEDDING_METHODS:
-        raise InputError(f"Unknown embedding method {method!r}; choose one of {', '.join(EMBEDDING_METHODS)}.")
+        raise InputError(
+            f"Unknown embedding method {method!r}; choose one of {', '.join(EMBEDDING_METHODS)}."
+        )
     entry = ctx.registry.get(analysis.model_label)
     settings = ctx.settings.embedding
     start = time.perf_counter()
@@ -316,9 +329,13 @@ def embedding_panel(ctx: AppContext, analysis: Analysis | None, method: str = "a
     points = settings.umap_points if chosen == "umap" else settings.pca_points
     try:
         emb = embed_pixels(
-            [analysis.probe], max_points=points, seed=0, method=chosen, n_epochs=settings.n_epochs,
+            [analysis.probe],
+            max_points=points,
+            seed=0,
+            method=chosen,
+            n_epochs=settings.n_epochs,
             n_arrows=settings.n_arrows,
-        )  # fmt: skip
+        )
     except InputError as err:
         raise InputError(f"The embedding could not be computed for this image: {err}") from None
     if chosen == "umap":

@@ -10,33 +10,63 @@ from offseg_vis.app.inputs import InputLimits
 
 def _add_app_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--checkpoint", nargs="+", metavar="PATH", default=None,
+        "--checkpoint",
+        nargs="+",
+        metavar="PATH",
+        default=None,
         help="checkpoint files (.safetensors with their .json card) or folders of them "
         "(default: $OFFSEG_CHECKPOINTS or the repository's checkpoints/)",
-    )  # fmt: skip
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs internet)")
-    parser.add_argument("--max-side", type=int, default=InputLimits.max_side,
-                        help=f"downscale uploads whose longer side exceeds this (default {InputLimits.max_side})")
-    parser.add_argument("--max-file-mb", type=float, default=InputLimits.max_file_mb,
-                        help=f"refuse uploads larger than this many MB (default {InputLimits.max_file_mb:g})")
-    parser.add_argument("--no-umap", action="store_true",
-                        help="do not compile UMAP at start; the embedding panel then uses PCA unless asked")
-    parser.add_argument("--temp-dir", default=None,
-                        help="folder for uploads and rendered images (default: a fresh temporary folder)")
+    parser.add_argument(
+        "--share", action="store_true", help="also open a public gradio.live link (needs internet)"
+    )
+    parser.add_argument(
+        "--max-side",
+        type=int,
+        default=InputLimits.max_side,
+        help=f"downscale uploads whose longer side exceeds this (default {InputLimits.max_side})",
+    )
+    parser.add_argument(
+        "--max-file-mb",
+        type=float,
+        default=InputLimits.max_file_mb,
+        help=f"refuse uploads larger than this many MB (default {InputLimits.max_file_mb:g})",
+    )
+    parser.add_argument(
+        "--no-umap",
+        action="store_true",
+        help="do not compile UMAP at start; the embedding panel then uses PCA unless asked",
+    )
+    parser.add_argument(
+        "--temp-dir",
+        default=None,
+        help="folder for uploads and rendered images (default: a fresh temporary folder)",
+    )
     parser.set_defaults(func=run_app)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``app`` and ``demo`` to the ``offseg`` command."""
-    app = sub.add_parser("app", help="the Gradio app: upload an image, see its segmentation, offsets and embedding")
+    app = sub.add_parser(
+        "app", help="the Gradio app: upload an image, see its segmentation, offsets and embedding"
+    )
     _add_app_options(app)
     demo = sub.add_parser("demo", help="launch the app with the shipped checkpoints and print its URL")
     demo.set_defaults(
-        func=run_app, checkpoint=None, host="127.0.0.1", port=None, share=False, max_side=InputLimits.max_side,
-        max_file_mb=InputLimits.max_file_mb, no_umap=False, temp_dir=None,
-    )  # fmt: skip
+        func=run_app,
+        checkpoint=None,
+        host="127.0.0.1",
+        port=None,
+        share=False,
+        max_side=InputLimits.max_side,
+        max_file_mb=InputLimits.max_file_mb,
+        no_umap=False,
+        temp_dir=None,
+    )
 
 
 def run_app(args: argparse.Namespace) -> int:

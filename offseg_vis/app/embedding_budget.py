@@ -93,7 +93,10 @@ class UmapTimer:
         predicted = self.predict(points)
         if requested == "umap":
             if predicted is None:
-                return "umap", "UMAP, as requested (it is not warmed up yet, so this first map may take longer)."
+                return (
+                    "umap",
+                    "UMAP, as requested (it is not warmed up yet, so this first map may take longer).",
+                )
             return "umap", f"UMAP, as requested (expected {predicted:.1f} s)."
         if predicted is None:
             why = f"UMAP is unavailable ({self.error})" if self.error else "UMAP is still warming up"

@@ -21,8 +21,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from offseg_vis.errors import InputError
 
 # Pillow's format names we accept (MPO = multi-picture JPEG written by many phone cameras; DIB = BMP body).
-ACCEPTED_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "WEBP": "WebP", "BMP": "BMP", "DIB": "BMP",
-                    "TIFF": "TIFF"}  # fmt: skip
+ACCEPTED_FORMATS = {
+    "PNG": "PNG",
+    "JPEG": "JPEG",
+    "MPO": "JPEG",
+    "WEBP": "WebP",
+    "BMP": "BMP",
+    "DIB": "BMP",
+    "TIFF": "TIFF",
+}
 FORMATS_SENTENCE = "PNG, JPEG, WebP, BMP or TIFF"
 EXIF_ORIENTATION = 0x0112
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I;16S")
@@ -111,12 +118,18 @@ def _open(path: Path) -> Image.Image:
             f"This file is not an image this app can read; please upload a {FORMATS_SENTENCE} file."
         ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InputError("The image has far too many pixels to process; please upload a smaller image.") from None
+        raise InputError(
+            "The image has far too many pixels to process; please upload a smaller image."
+        ) from None
     except OSError as err:
-        raise InputError(f"The file could not be read as an image ({err}); please upload another file.") from None
+        raise InputError(
+            f"The file could not be read as an image ({err}); please upload another file."
+        ) from None
     if im.format not in ACCEPTED_FORMATS:
         im.close()
-        raise InputError(f"{im.format or 'This'} images are not supported; please upload a {FORMATS_SENTENCE} file.")
+        raise InputError(
+            f"{im.format or 'This'} images are not supported; please upload a {FORMATS_SENTENCE} file."
+        )
     return im
 
 
@@ -125,7 +138,7 @@ def _to_rgb(im: Image.Image, notices: list[str]) -> np.ndarray:
     mode = im.mode
     if mode in SIXTEEN_BIT_MODES or mode == "I":
         arr = np.asarray(im).astype(np.float64)
-        # "I" holds 32-bit ints; 16-bit PNG/TIFF land there too: use the 16-bit range when values exceed 8 bits.
+        # "I" holds 32-bit ints; 16-bit files can land there too: use the 16-bit range when values exceed 255.
         scale = 257.0 if mode in SIXTEEN_BIT_MODES or arr.max(initial=0) > 255 else 1.0
         gray = np.clip(np.rint(arr / scale), 0, 255).astype(np.uint8)
         if scale != 1.0:
@@ -195,7 +208,10 @@ def load_image(path: str | os.PathLike, limits: InputLimits | None = None) -> Lo
         try:
             if im.format in ("JPEG", "MPO") and max(w, h) > 2 * limits.max_side:
                 # Let the JPEG decoder drop resolution by powers of two: much faster for huge photos.
-                im.draft("RGB", (max(1, w * limits.max_side // max(w, h)), max(1, h * limits.max_side // max(w, h))))
+                im.draft(
+                    "RGB",
+                    (max(1, w * limits.max_side // max(w, h)), max(1, h * limits.max_side // max(w, h))),
+                )
             im.load()
             oriented = im
             if im.getexif().get(EXIF_ORIENTATION, 1) != 1:

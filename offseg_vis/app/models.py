@@ -41,7 +41,7 @@ def find_checkpoints(folder: str | os.PathLike) -> list[Path]:
 
 
 def card_dataset(meta: dict) -> str | None:
-    """The dataset a card names: top-level ``dataset`` (training checkpoints) or ``data.dataset`` (exports)."""
+    """The dataset a card names: ``dataset`` (training checkpoints) or ``data.dataset`` (exports)."""
     data = meta.get("data")
     name = meta.get("dataset") or (data.get("dataset") if isinstance(data, dict) else None)
     return str(name) if name else None
@@ -154,7 +154,11 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
             f"classifier={classifier!r}); write it with offseg_vis.models.weights.save_weights."
         )
     model = build_model(
-        name, k, classifier=classifier, pretrained=path, classifier_options=meta.get("classifier_options") or None
+        name,
+        k,
+        classifier=classifier,
+        pretrained=path,
+        classifier_options=meta.get("classifier_options") or None,
     )
     model.eval()
     for p in model.parameters():
@@ -210,13 +214,17 @@ class ModelRegistry:
         if label is None or label == "":
             return self.models[self.default_label]
         if label not in self.models:
-            raise CheckpointError(f"There is no model called {label!r}; choose one of: {', '.join(self.labels)}.")
+            raise CheckpointError(
+                f"There is no model called {label!r}; choose one of: {', '.join(self.labels)}."
+            )
         return self.models[label]
 
     def baseline_for(self, entry: LoadedModel) -> LoadedModel | None:
         """A per-pixel checkpoint comparable with ``entry`` (same classes; same architecture preferred)."""
         if not entry.is_offset:
             return None
-        candidates = [m for m in self.models.values() if not m.is_offset and m.class_names == entry.class_names]
+        candidates = [
+            m for m in self.models.values() if not m.is_offset and m.class_names == entry.class_names
+        ]
         candidates.sort(key=lambda m: m.model_name != entry.model_name)
         return candidates[0] if candidates else None

@@ -60,10 +60,14 @@ def enlarge(picture: np.ndarray, min_side: int = MIN_DISPLAY_SIDE) -> np.ndarray
     return np.repeat(np.repeat(picture, factor, axis=0), factor, axis=1)
 
 
-def grid_to_image(values: np.ndarray, input_size: tuple[int, int], padded_size: tuple[int, int]) -> np.ndarray:
+def grid_to_image(
+    values: np.ndarray, input_size: tuple[int, int], padded_size: tuple[int, int]
+) -> np.ndarray:
     """(h, w) feature-grid values -> (H, W) float32: bilinear to the padded canvas, then crop the image."""
     hp, wp = padded_size
-    resized = Image.fromarray(np.asarray(values, dtype=np.float32)).resize((wp, hp), Image.Resampling.BILINEAR)
+    resized = Image.fromarray(np.asarray(values, dtype=np.float32)).resize(
+        (wp, hp), Image.Resampling.BILINEAR
+    )
     return np.asarray(resized)[: input_size[0], : input_size[1]]
 
 
@@ -85,7 +89,9 @@ def _gray(image: np.ndarray) -> np.ndarray:
 
 def _colorbar(width: int, cmap: str, vmin: float, vmax: float, label: str) -> np.ndarray:
     """A (34, width, 3) strip: the colour ramp with its end values and a label written under it."""
-    ramp = apply_colormap(np.tile(np.linspace(vmin, vmax, width, dtype=np.float32), (12, 1)), cmap, vmin, vmax)
+    ramp = apply_colormap(
+        np.tile(np.linspace(vmin, vmax, width, dtype=np.float32), (12, 1)), cmap, vmin, vmax
+    )
     strip = Image.new("RGB", (width, 34), (255, 255, 255))
     strip.paste(Image.fromarray(ramp), (0, 2))
     draw = ImageDraw.Draw(strip)

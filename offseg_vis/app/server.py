@@ -20,7 +20,7 @@ TEMP_ENV = "GRADIO_TEMP_DIR"
 
 
 def use_temp_dir(folder: str | os.PathLike | None = None) -> Path:
-    """Make gradio keep uploads and rendered files in ``folder`` (default: a fresh ``offseg-app-*`` temp folder).
+    """Make gradio keep uploads and rendered files in ``folder`` (default: a fresh ``offseg-app-*`` folder).
 
     Call before gradio builds the page: it reads ``GRADIO_TEMP_DIR`` when components and the server are
     created. Returns the folder.
@@ -50,7 +50,9 @@ class RunningApp:
         self.demo.close()
 
 
-def start(ctx, host: str = "127.0.0.1", port: int | None = 7860, share: bool = False, temp_dir=None) -> RunningApp:
+def start(
+    ctx, host: str = "127.0.0.1", port: int | None = 7860, share: bool = False, temp_dir=None
+) -> RunningApp:
     """Build the page for ``ctx`` (an :class:`~offseg_vis.app.callbacks.AppContext`) and serve it in a
     background thread. ``port=None`` takes the first free port from 7860.
 
@@ -67,10 +69,16 @@ def start(ctx, host: str = "127.0.0.1", port: int | None = 7860, share: bool = F
     demo = build_app(ctx)
     try:
         _, url, share_url = demo.launch(
-            server_name=host, server_port=port, share=share, prevent_thread_lock=True, quiet=True,
-            max_file_size=ctx.settings.limits.max_file_bytes, show_error=False, footer_links=["api", "settings"],
+            server_name=host,
+            server_port=port,
+            share=share,
+            prevent_thread_lock=True,
+            quiet=True,
+            max_file_size=ctx.settings.limits.max_file_bytes,
+            show_error=False,
+            footer_links=["api", "settings"],
             run_history=False,
-        )  # fmt: skip
+        )
     except OSError as err:
         where = f"{host}:{port}" if port else host
         raise OffSegError(

@@ -75,8 +75,8 @@ def _user_errors(fn):
         except Exception:
             log.exception("unexpected error in %s", fn.__name__)
             raise gr.Error(
-                "Something unexpected went wrong while processing this image (details are in the server log); "
-                "please try another image.",
+                "Something unexpected went wrong while processing this image (details are in the server "
+                "log); please try another image.",
                 print_exception=False,
             ) from None
 
@@ -108,13 +108,29 @@ def build_app(ctx: AppContext) -> gr.Blocks:
     def on_offsets(analysis):
         panels = callbacks.offset_panels(ctx, analysis)
         if panels.correction is None:
-            return (None, panels.correction_text, None, panels.magnitude_text, None,
-                    gr.Dropdown(choices=[], value=None), None, panels.note)  # fmt: skip
+            return (
+                None,
+                panels.correction_text,
+                None,
+                panels.magnitude_text,
+                None,
+                gr.Dropdown(choices=[], value=None),
+                None,
+                panels.note,
+            )
         att_image, att_text = callbacks.attention_panel(ctx, analysis, panels.attention_default)
         bars = _bar_frame(panels.class_offsets)
         dropdown = gr.Dropdown(choices=panels.attention_classes, value=panels.attention_default)
-        return (panels.correction, panels.correction_text, panels.magnitude, panels.magnitude_text, bars,
-                dropdown, att_image, att_text)  # fmt: skip
+        return (
+            panels.correction,
+            panels.correction_text,
+            panels.magnitude,
+            panels.magnitude_text,
+            bars,
+            dropdown,
+            att_image,
+            att_text,
+        )
 
     @_user_errors
     def on_attention(analysis, class_name):
@@ -135,7 +151,9 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         return ctx.registry.get(label).card_markdown()
 
     # ------------------------------------------------------------------ the page
-    with gr.Blocks(title="OffSeg — offset learning", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+    with gr.Blocks(
+        title="OffSeg — offset learning", analytics_enabled=False, delete_cache=(3600, 3600)
+    ) as demo:
         state = gr.State(None, time_to_live=STATE_SECONDS)
         gr.Markdown(INTRO)
         with gr.Row():
@@ -145,87 +163,160 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             with gr.Column(scale=2):
                 image = hand_over_upload_path(
                     gr.Image(
-                        type="filepath", image_mode=None, sources=["upload", "clipboard"], label="Image",
-                        elem_id="input-image", height=320,
+                        type="filepath",
+                        image_mode=None,
+                        sources=["upload", "clipboard"],
+                        label="Image",
+                        elem_id="input-image",
+                        height=320,
                     )
-                )  # fmt: skip
+                )
                 button = gr.Button("Segment", variant="primary", elem_id="segment-button")
                 status = gr.Markdown(elem_id="status")
                 if examples:
                     gr.Examples(
-                        examples, inputs=[image], label="Gallery: FashionScenes val scenes (ground truth known)",
-                        examples_per_page=len(examples), cache_examples=False,
-                    )  # fmt: skip
+                        examples,
+                        inputs=[image],
+                        label="Gallery: FashionScenes val scenes (ground truth known)",
+                        examples_per_page=len(examples),
+                        cache_examples=False,
+                    )
             with gr.Column(scale=3):
                 annotated = gr.AnnotatedImage(
-                    label="Segmentation", color_map=colour_map, show_legend=True, format="png",
-                    elem_id="segmentation", height=420,
-                )  # fmt: skip
+                    label="Segmentation",
+                    color_map=colour_map,
+                    show_legend=True,
+                    format="png",
+                    elem_id="segmentation",
+                    height=420,
+                )
                 shares = gr.Dataframe(
-                    headers=["class", "share (%)", "pixels"], datatype=["str", "number", "number"],
-                    label="Share of pixels per class", interactive=False, elem_id="shares",
-                )  # fmt: skip
+                    headers=["class", "share (%)", "pixels"],
+                    datatype=["str", "number", "number"],
+                    label="Share of pixels per class",
+                    interactive=False,
+                    elem_id="shares",
+                )
 
         gr.Markdown("## What the offsets did")
         with gr.Row():
             with gr.Column():
-                correction = gr.Image(label="Correction map: pixels whose class the offsets changed", format="webp",
-                                      interactive=False, elem_id="correction")  # fmt: skip
+                correction = gr.Image(
+                    label="Correction map: pixels whose class the offsets changed",
+                    format="webp",
+                    interactive=False,
+                    elem_id="correction",
+                )
                 correction_text = gr.Markdown()
             with gr.Column():
-                magnitude = gr.Image(label="Feature offset magnitude ‖ΔE‖/‖E‖", format="webp", interactive=False,
-                                     elem_id="feature-offset")  # fmt: skip
+                magnitude = gr.Image(
+                    label="Feature offset magnitude ‖ΔE‖/‖E‖",
+                    format="webp",
+                    interactive=False,
+                    elem_id="feature-offset",
+                )
                 magnitude_text = gr.Markdown()
         with gr.Row():
             with gr.Column():
                 class_bars = gr.BarPlot(
-                    x="class", y="|dW| / |W|", color="class", color_map=colour_map, sort="-y", y_lim=[0, None],
-                    label="Class offset magnitude ‖ΔW‖/‖W‖ of the classes present", elem_id="class-offsets",
-                )  # fmt: skip
+                    x="class",
+                    y="|dW| / |W|",
+                    color="class",
+                    color_map=colour_map,
+                    sort="-y",
+                    y_lim=[0, None],
+                    label="Class offset magnitude ‖ΔW‖/‖W‖ of the classes present",
+                    elem_id="class-offsets",
+                )
             with gr.Column():
                 attention_class = gr.Dropdown([], label="Class attention of", elem_id="attention-class")
-                attention = gr.Image(label="Class attention (softmax over pixels of E·Wᵀ)", format="webp",
-                                     interactive=False, elem_id="attention")  # fmt: skip
+                attention = gr.Image(
+                    label="Class attention (softmax over pixels of E·Wᵀ)",
+                    format="webp",
+                    interactive=False,
+                    elem_id="attention",
+                )
                 attention_text = gr.Markdown()
 
         gr.Markdown("## Offset Learning vs the per-pixel baseline")
         with gr.Row():
             cmp_offset = gr.Image(label="Offset Learning", format="webp", interactive=False)
             cmp_base = gr.Image(label="Per-pixel baseline", format="webp", interactive=False)
-            cmp_diff = gr.Image(label="Where they disagree", format="webp", interactive=False, elem_id="disagreement")
+            cmp_diff = gr.Image(
+                label="Where they disagree", format="webp", interactive=False, elem_id="disagreement"
+            )
         cmp_text = gr.Markdown()
 
         gr.Markdown("## Pixel features and class embeddings, before and after the offsets")
         method = gr.Radio(list(EMBEDDING_METHODS), value="auto", label="Map", elem_id="embedding-method")
-        embedding = gr.Image(label="Joint 2-D map of E and E' with W and W'", format="webp", interactive=False,
-                             elem_id="embedding")  # fmt: skip
+        embedding = gr.Image(
+            label="Joint 2-D map of E and E' with W and W'",
+            format="webp",
+            interactive=False,
+            elem_id="embedding",
+        )
         embedding_text = gr.Markdown()
 
         # ------------------------------------------------------------------ the events
         model.change(on_model, [model], [card], api_visibility="private", queue=False)
         (
             button.click(
-                on_segment, [image, model], [annotated, shares, state], api_name="segment",
-                concurrency_id="model", concurrency_limit=1,
-                api_description="Segment an image: returns the annotated image and the share of pixels per class.",
+                on_segment,
+                [image, model],
+                [annotated, shares, state],
+                api_name="segment",
+                concurrency_id="model",
+                concurrency_limit=1,
+                api_description="Segment an image: returns the annotated image and each class's pixel share.",
             )
-            .success(_status_of, [state], [status], api_visibility="private",
-                     queue=False)
+            .success(_status_of, [state], [status], api_visibility="private", queue=False)
             .success(
-                on_offsets, [state],
-                [correction, correction_text, magnitude, magnitude_text, class_bars, attention_class, attention,
-                 attention_text],
-                api_visibility="private", concurrency_id="panels", concurrency_limit=1,
+                on_offsets,
+                [state],
+                [
+                    correction,
+                    correction_text,
+                    magnitude,
+                    magnitude_text,
+                    class_bars,
+                    attention_class,
+                    attention,
+                    attention_text,
+                ],
+                api_visibility="private",
+                concurrency_id="panels",
+                concurrency_limit=1,
             )
-            .success(on_compare, [state], [cmp_offset, cmp_base, cmp_diff, cmp_text], api_visibility="private",
-                     concurrency_id="model")
-            .success(on_embedding, [state, method], [embedding, embedding_text], api_visibility="private",
-                     concurrency_id="embedding", concurrency_limit=1)
-        )  # fmt: skip
-        attention_class.input(on_attention, [state, attention_class], [attention, attention_text],
-                              api_visibility="private", concurrency_id="panels")  # fmt: skip
-        method.input(on_embedding, [state, method], [embedding, embedding_text], api_visibility="private",
-                     concurrency_id="embedding")  # fmt: skip
+            .success(
+                on_compare,
+                [state],
+                [cmp_offset, cmp_base, cmp_diff, cmp_text],
+                api_visibility="private",
+                concurrency_id="model",
+            )
+            .success(
+                on_embedding,
+                [state, method],
+                [embedding, embedding_text],
+                api_visibility="private",
+                concurrency_id="embedding",
+                concurrency_limit=1,
+            )
+        )
+        attention_class.input(
+            on_attention,
+            [state, attention_class],
+            [attention, attention_text],
+            api_visibility="private",
+            concurrency_id="panels",
+        )
+        method.input(
+            on_embedding,
+            [state, method],
+            [embedding, embedding_text],
+            api_visibility="private",
+            concurrency_id="embedding",
+        )
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=1)
     return demo
 
@@ -240,4 +331,3 @@ def _bar_frame(rows):
     import pandas as pd
 
     return pd.DataFrame(rows, columns=["class", "|dW| / |W|"])
-
