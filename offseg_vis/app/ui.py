@@ -254,6 +254,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             format="webp",
             interactive=False,
             elem_id="embedding",
+            show_label=False,  # the figure has its own titles; a floating label would cover them
         )
         embedding_text = gr.Markdown()
 
