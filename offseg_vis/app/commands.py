@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import time
 
 from offseg_vis.app.inputs import InputLimits
@@ -90,8 +91,17 @@ def run_app(args: argparse.Namespace) -> int:
     if app.share_url:
         print(f"public link: {app.share_url}", flush=True)
     print("press Ctrl+C to stop", flush=True)
+    # `kill` (SIGTERM) stops as cleanly as Ctrl+C: the server closes and the temp folder is left to the OS.
+    signal.signal(signal.SIGTERM, _stop)
     try:
         while True:
             time.sleep(1.0)
+    except (KeyboardInterrupt, SystemExit):
+        print("stopping the app", flush=True)
     finally:
         app.close()
+    return 0
+
+
+def _stop(signum, frame) -> None:
+    raise SystemExit(0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,7 +65,10 @@ def start(
     # to zero changes no prediction (they are < 1e-38) and keeps latency steady. Process-wide: app only.
     torch.set_flush_denormal(True)
     folder = use_temp_dir(temp_dir) if temp_dir or TEMP_ENV not in os.environ else Path(os.environ[TEMP_ENV])
-    from offseg_vis.app.ui import build_app
+    with warnings.catch_warnings():
+        # pydantic complains about a field of gradio's own models on import; nothing a user can act on.
+        warnings.filterwarnings("ignore", message=".*'alias' attribute.*")
+        from offseg_vis.app.ui import build_app
 
     demo = build_app(ctx)
     try:
