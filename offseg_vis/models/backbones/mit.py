@@ -178,6 +178,21 @@ class MiTBlock(nn.Module):
         return x + self.drop_path(self.ffn(self.norm2(x), hw))
 
 
+def init_linear_or_layernorm(m: nn.Module) -> bool:
+    """Transformer init shared by MiT and Swin: Linear trunc-normal(0.02) with zero bias, LayerNorm
+    (1, 0). Returns whether ``m`` was one of them."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+        return True
+    if isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+        return True
+    return False
+
+
 class MixVisionTransformer(nn.Module):
     """MiT encoder: images (B, 3, H, W) -> 4 maps (B, C_i, ceil(H/s), ceil(W/s)), s = 4, 8, 16, 32.
 
@@ -212,14 +227,9 @@ class MixVisionTransformer(nn.Module):
         """Official from-scratch init: Linear trunc-normal(0.02), LayerNorm (1, 0), conv
         normal(0, sqrt(2 / fan_out)) with zero bias."""
         for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Conv2d):
+            if init_linear_or_layernorm(m):
+                continue
+            if isinstance(m, nn.Conv2d):
                 fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
                 nn.init.normal_(m.weight, std=math.sqrt(2.0 / fan_out))
                 if m.bias is not None:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from offseg_vis.models.backbones.mit import init_linear_or_layernorm
 from offseg_vis.models.mask2former.config import SwinConfig
 from offseg_vis.models.mask2former.layers import FFN, drop_path
 
@@ -237,14 +238,9 @@ class SwinTransformer(nn.Module):
     def reset_parameters(self) -> None:
         """Random init of mmseg's Swin: trunc-normal(0.02) linears and bias tables, unit LayerNorms."""
         for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, WindowMSA):
+            if init_linear_or_layernorm(m):
+                continue
+            if isinstance(m, WindowMSA):
                 nn.init.trunc_normal_(m.relative_position_bias_table, std=0.02)
 
     def forward(self, images: Tensor) -> list[Tensor]:
