@@ -43,3 +43,12 @@ def test_parameter_counts_within_three_percent_of_paper(name):
         model = build_model(name, num_classes=150, classifier=classifier)
         params = sum(p.numel() for p in model.parameters()) / 1e6
         assert abs(params - paper) / paper <= 0.03, f"{name}/{classifier}: {params:.2f} M vs paper {paper} M"
+
+
+def test_offseg_t_export_matches_eager():
+    torch.manual_seed(0)
+    model = build_model("offseg-t", num_classes=7).eval()
+    x = torch.randn(1, 3, 128, 128)
+    exported = torch.export.export(model, (x,))
+    with torch.no_grad():
+        torch.testing.assert_close(exported.module()(x), model(x), atol=1e-4, rtol=1e-4)
