@@ -116,7 +116,6 @@ def load_official_checkpoint(model: nn.Module, path: str | Path) -> ConversionRe
         return ConversionReport(used=sorted(mapped))
     mapped, report = map_official_segmentor_keys(source, target)
     model.load_state_dict({k: v.to(target[k].dtype) for k, v in mapped.items()}, strict=True)
-    _refresh_caches(model)
     return report
 
 
@@ -142,14 +141,7 @@ def load_backbone_checkpoint(model_name: str, backbone: nn.Module, path: str | P
         out[new] = value
     _check_against(out, target, report, what=f"{model_name} backbone")
     backbone.load_state_dict({k: v.to(target[k].dtype) for k, v in out.items()}, strict=True)
-    _refresh_caches(backbone)
     return report
-
-
-def _refresh_caches(model: nn.Module) -> None:
-    # Modules that cache derived tensors in eval mode (attention biases) rebuild them on eval().
-    if not model.training:
-        model.eval()
 
 
 def load_pretrained(model: nn.Module, path: str | Path, model_name: str | None = None) -> object:

@@ -102,8 +102,11 @@ class Segmentor(nn.Module):
         images (B, 3, H, W) normalised; labels (B, H, W) int64 with ``ignore_index`` for unlabelled
         pixels. Returns a scalar. A batch with no labelled pixel gives 0 (not NaN).
         """
-        # Back to the input's own grid first: padded inputs give logits over the padded canvas.
-        logits = self._resize_to_input(self(images), images)
+        logits = self(images)
+        divisor = getattr(self.backbone, "size_divisor", 1)
+        if images.shape[-2] % divisor or images.shape[-1] % divisor:
+            # Padded inputs give logits over the padded canvas: back to the input's own grid first.
+            logits = self._resize_to_input(logits, images)
         return self.loss_from_logits(logits, labels)
 
     def loss_from_logits(self, logits: Tensor, labels: Tensor) -> Tensor:
