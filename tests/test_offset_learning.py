@@ -10,6 +10,7 @@ from offseg_vis.models.offset_learning import (
     ClassifierOutput,
     LinearClassifier,
     OffsetLearning,
+    _pixel_products,
     build_classifier,
 )
 
@@ -235,3 +236,22 @@ def test_official_vectors(reference_dir, name):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
         checked += 1
     assert checked >= 3
+
+
+@pytest.mark.parametrize("num_classes", [11, 31, 32, 150])
+@pytest.mark.parametrize("batched_mat", [False, True])
+def test_pixel_products_equal_plain_matmul_on_both_layouts(num_classes, batched_mat):
+    # Both branches (K < 32 via the (B, K, N) layout, K >= 32 direct) and both strides of E:
+    # the transposed view of (B, C, H, W) features and a contiguous (B, N, C) tensor.
+    torch.manual_seed(0)
+    x = torch.randn(2, 24, 5, 7)
+    e_view = x.flatten(2).transpose(1, 2)  # (B, N, C), channels-first storage
+    e_contig = e_view.contiguous()
+    mat = torch.randn(2, num_classes, 24) if batched_mat else torch.randn(num_classes, 24)
+    spec = "bnc,bkc->bnk" if batched_mat else "bnc,kc->bnk"
+    expected = torch.einsum(spec, e_contig.double(), mat.double()).float()
+    for e in (e_view, e_contig):
+        got = _pixel_products(mat, e)
+        assert got.shape == (2, 35, num_classes)
+        assert got.is_contiguous()
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)

@@ -4,7 +4,7 @@ Protocol (after mmseg's benchmark and the PIDNet/SwiftNet scripts): batch 1, a f
 eval mode, ``torch.inference_mode``, ``warmup`` untimed runs then ``runs`` timed ones; median and
 min latency; on CUDA the timer synchronises and the forward runs under autocast. Every number is
 written beside the thread count, torch version and CPU model. Linear and offset variants of one
-model are timed back to back in the same process, so their ratio is fair even on a noisy machine.
+model are timed interleaved, call by call, so their ratio is fair even on a noisy machine.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from offseg_vis.bench.model_cost import count_gmacs, count_parameters
-from offseg_vis.bench.timing import environment, time_call
+from offseg_vis.bench.timing import environment, paired_ratio, time_call, time_interleaved
+from offseg_vis.models.weights import atomic_write_text
 from offseg_vis.models.zoo import build_model
 
 DEFAULT_MODELS = ("offseg-mbv2", "offseg-t", "offseg-b", "offseg-l", "segformer-b0", "segnext-t")
@@ -29,7 +30,8 @@ def matmul_gflops(n: int = 2048, runs: int = 10) -> float:
     return 2 * n**3 / t["median_s"] / 1e9
 
 
-def _time_model(model: torch.nn.Module, size: int, warmup: int, runs: int, device: str) -> dict:
+def _forward(model: torch.nn.Module, size: int, device: str):
+    """A no-argument callable running one batch-1 eval forward of ``model`` (under autocast on CUDA)."""
     model = model.to(device).eval()
     x = torch.randn(1, 3, size, size, device=device)
     cuda = device == "cuda"
@@ -38,7 +40,29 @@ def _time_model(model: torch.nn.Module, size: int, warmup: int, runs: int, devic
         with torch.inference_mode(), torch.autocast(device_type="cuda", enabled=cuda):
             model(x)
 
-    return time_call(run, warmup=warmup, runs=runs, cuda=cuda)
+    return run
+
+
+def _hf_segformer_b0(size: int, device: str):
+    """Hugging Face SegformerForSemanticSegmentation B0 (random init) as (forward callable, params M),
+    or None when transformers is not installed."""
+    try:
+        from transformers import SegformerConfig, SegformerForSemanticSegmentation
+    except ImportError:
+        return None
+    torch.manual_seed(0)
+    model = SegformerForSemanticSegmentation(SegformerConfig(num_labels=150)).to(device).eval()
+    x = torch.randn(1, 3, size, size, device=device)
+
+    def run():
+        with torch.inference_mode():
+            model(pixel_values=x)
+
+    return run, count_parameters(model) / 1e6
+
+
+def _stats(t: dict) -> dict:
+    return {k: v for k, v in t.items() if k != "times_s"}
 
 
 def benchmark_models(
@@ -49,61 +73,53 @@ def benchmark_models(
     num_classes: int = 150,
     with_hf_peer: bool = True,
 ) -> dict:
-    """Time every model in both classifier variants; returns a JSON-able dict."""
+    """Time every model in both classifier variants, interleaved run by run; returns a JSON-able dict.
+
+    The linear and offset variants of one model (and, for ``segformer-b0``, the Hugging Face peer)
+    alternate call by call (:func:`~offseg_vis.bench.timing.time_interleaved`), so their ratio is the
+    median of per-round ratios under the same machine load.
+    """
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
     result = {"size": size, "warmup": warmup, "runs": runs, **environment(), "models": []}
     result["matmul_gflops"] = matmul_gflops()
+    hf = _hf_segformer_b0(size, device) if with_hf_peer else None
     for name in names:
-        row = {"model": name}
+        row: dict = {"model": name}
+        calls, costs = {}, {}
         for classifier in ("linear", "offset"):
             torch.manual_seed(0)
             model = build_model(
                 name, num_classes=11 if name == "offseg-mbv2" else num_classes, classifier=classifier
             )
-            gmacs = count_gmacs(model, size)
-            t = _time_model(model, size, warmup, runs, device)
-            row[classifier] = {
-                "params_m": count_parameters(model) / 1e6,
-                "gmacs": gmacs,
-                **t,
-                "achieved_gflops": 2 * gmacs / t["median_s"],
+            costs[classifier] = (count_parameters(model) / 1e6, count_gmacs(model, size))
+            calls[classifier] = _forward(model, size, device)
+        if hf is not None and name == "segformer-b0":
+            calls["hf_peer"] = hf[0]
+        timed = time_interleaved(calls, warmup=warmup, runs=runs, cuda=device == "cuda")
+        for classifier, (params_m, gmacs) in costs.items():
+            t = timed[classifier]
+            row[classifier] = {"params_m": params_m, "gmacs": gmacs, **_stats(t)}
+            row[classifier]["achieved_gflops"] = 2 * gmacs / t["median_s"]
+            row[classifier]["fraction_of_matmul_peak"] = row[classifier]["achieved_gflops"] / result["matmul_gflops"]
+        row["offset_over_linear_latency"] = paired_ratio(timed["offset"]["times_s"], timed["linear"]["times_s"])
+        if "hf_peer" in timed:
+            result["hf_segformer_b0"] = {
+                "params_m": hf[1],
+                **_stats(timed["hf_peer"]),
+                "ours_linear_over_hf_latency": paired_ratio(timed["linear"]["times_s"], timed["hf_peer"]["times_s"]),
             }
-            row[classifier]["fraction_of_matmul_peak"] = (
-                row[classifier]["achieved_gflops"] / result["matmul_gflops"]
-            )
-        row["offset_over_linear_latency"] = row["offset"]["median_s"] / row["linear"]["median_s"]
         result["models"].append(row)
         print(
             f"  {name}: linear {row['linear']['median_s'] * 1e3:.0f} ms, "
-            f"offset {row['offset']['median_s'] * 1e3:.0f} ms"
+            f"offset {row['offset']['median_s'] * 1e3:.0f} ms (paired ratio x{row['offset_over_linear_latency']:.3f})",
+            flush=True,
         )
-    if with_hf_peer:
-        result["hf_segformer_b0"] = _hf_peer(size, warmup, runs, device)
     from offseg_vis.bench.offset_learning import benchmark as ol_benchmark
 
     result["offset_learning_paths"] = ol_benchmark(150, 256, size // 4, runs=runs)
     return result
-
-
-def _hf_peer(size: int, warmup: int, runs: int, device: str) -> dict | None:
-    """Hugging Face SegformerForSemanticSegmentation B0 (random init), when transformers is installed."""
-    try:
-        from transformers import SegformerConfig, SegformerForSemanticSegmentation
-    except ImportError:
-        return None
-    model = SegformerForSemanticSegmentation(SegformerConfig(num_labels=150))
-    model.eval()
-    x = torch.randn(1, 3, size, size, device=device)
-    model.to(device)
-
-    def run():
-        with torch.inference_mode():
-            model(pixel_values=x)
-
-    t = time_call(run, warmup=warmup, runs=runs, cuda=device == "cuda")
-    return {"params_m": count_parameters(model) / 1e6, **t}
 
 
 def format_markdown(result: dict) -> str:
@@ -134,6 +150,12 @@ def format_markdown(result: dict) -> str:
             f"| HF SegformerForSemanticSegmentation B0 (peer) | linear | {peer['params_m']:.2f} | – | "
             f"{peer['median_s'] * 1e3:.0f} | {peer['min_s'] * 1e3:.0f} | | |"
         )
+        if "ours_linear_over_hf_latency" in peer:
+            lines += [
+                "",
+                f"Our segformer-b0 (linear) vs the Hugging Face peer, timed interleaved: "
+                f"×{peer['ours_linear_over_hf_latency']:.2f} its latency (median of per-round ratios).",
+            ]
     ol = result.get("offset_learning_paths")
     if ol:
         lines += [
@@ -153,8 +175,9 @@ def run_and_write(out_dir: str | Path = "docs", **kwargs) -> dict:
     t0 = time.time()
     result = benchmark_models(**kwargs)
     result["wall_time_s"] = time.time() - t0
-    (out_dir / "benchmarks.json").write_text(json.dumps(result, indent=1))
-    (out_dir / "benchmarks.md").write_text(
-        "# Speed, size and cost\n\nProduced by `offseg bench speed`.\n\n" + format_markdown(result) + "\n"
+    atomic_write_text(out_dir / "benchmarks.json", json.dumps(result, indent=1))
+    atomic_write_text(
+        out_dir / "benchmarks.md",
+        "# Speed, size and cost\n\nProduced by `offseg bench speed`.\n\n" + format_markdown(result) + "\n",
     )
     return result

@@ -77,6 +77,22 @@ def _flatten_pixels(x: Tensor) -> Tensor:
     return x.flatten(2).transpose(1, 2)
 
 
+def _pixel_products(mat: Tensor, e: Tensor) -> Tensor:
+    """e·matᵀ for every pixel: mat (K, C) or (B, K, C), e (B, N, C) of any strides -> (B, N, K), contiguous.
+
+    Why two ways: E is a transposed view of the (B, C, H, W) features, and the CPU GEMM for
+    E·Wᵀ with a narrow output (K < 32: K = 11 on FashionScenes, 19 on Cityscapes) over that layout
+    takes a slow path: 25.6 ms vs 1.5 ms at N = 128², C = 128, K = 11 (torch 2.13, 2 cores).
+    W·Eᵀ in the (B, K, N) layout, transposed back, does not. From K = 32 on the direct product is
+    as fast or faster (8.2 vs 14.7 ms at K = 150), so it is kept.
+    """
+    if mat.shape[-2] < 32:
+        if mat.dim() == 2:
+            mat = mat.unsqueeze(0)  # a 2-D @ 3-D matmul would be folded back into the slow form
+        return (mat @ e.transpose(1, 2)).transpose(1, 2).contiguous()  # (B, K, N) -> (B, N, K)
+    return e @ mat.transpose(-1, -2)
+
+
 def _unflatten_logits(logits: Tensor, size: tuple[int, int]) -> Tensor:
     """(B, N, K) -> (B, K, H, W)."""
     b, _, k = logits.shape
@@ -175,7 +191,7 @@ class OffsetLearning(nn.Module):
         size = (x.shape[2], x.shape[3])
         e = _flatten_pixels(x)  # (B, N, C)
         w = self.class_embed  # (K, C)
-        a = e @ w.t()  # (B, N, K) coupled logits
+        a = _pixel_products(w, e)  # (B, N, K) coupled logits
         # Softmax over pixels taken on the (B, K, N) view: the official operation order, which
         # keeps our results bit-close to the reference vectors.
         class_attn_kn = a.transpose(1, 2).softmax(dim=-1)  # (B, K, N)
@@ -194,7 +210,7 @@ class OffsetLearning(nn.Module):
             d_e = torch.zeros_like(context)
         w_ref = w.unsqueeze(0) + d_w  # (B, K, C)
         e_ref = e + d_e  # (B, N, C)
-        scores = e_ref @ w_ref.transpose(1, 2)  # (B, N, K)
+        scores = _pixel_products(w_ref, e_ref)  # (B, N, K)
         logits = self._normalise(scores)
         return ClassifierOutput(
             logits=_unflatten_logits(logits, size),
@@ -220,13 +236,13 @@ class OffsetLearning(nn.Module):
         """
         e = _flatten_pixels(x)  # (B, N, C)
         w = self.class_embed  # (K, C)
-        a = e @ w.t()  # (B, N, K)
+        a = _pixel_products(w, e)  # (B, N, K)
         if self.cls_offset_proj is not None:
             prototypes = a.transpose(1, 2).softmax(dim=-1) @ e  # (B, K, C)
             w_ref = w.unsqueeze(0) + self.cls_offset_proj(prototypes)  # (B, K, C)
         else:
             w_ref = w.unsqueeze(0).expand(e.shape[0], -1, -1)
-        scores = e @ w_ref.transpose(1, 2)  # (B, N, K)
+        scores = _pixel_products(w_ref, e)  # (B, N, K)
         if self.feat_offset_proj is not None:
             # F.linear, not the module call: a parameter view through module hooks upsets
             # FlopCounterMode under no_grad.
@@ -266,7 +282,7 @@ class LinearClassifier(nn.Module):
             return F.conv2d(x, self.weight[:, :, None, None], self.bias)
         size = (x.shape[2], x.shape[3])
         e = _flatten_pixels(x)  # (B, N, C)
-        a = e @ self.weight.t()  # (B, N, K)
+        a = _pixel_products(self.weight, e)  # (B, N, K)
         scores = a + self.bias
         return ClassifierOutput(
             logits=_unflatten_logits(scores, size),
