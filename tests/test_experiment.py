@@ -43,13 +43,26 @@ def lines(path):
 # arms, budget, per-run config
 
 
+def test_scene_presets_name_arms_folders_and_baselines():
+    lever = ex.parse_arms(["lever"])
+    assert [a.id for a in lever] == ["linear@0.5+looks", "offset@0.5+looks"]
+    assert [a.slug for a in lever] == ["linear_style0.5+looks", "offset_style0.5+looks"]
+    arm = ex.parse_arms(["offset-fo@1+looks"])[0]
+    assert (arm.variant, arm.style, arm.scene) == ("offset-fo", 1.0, "looks")
+    assert arm.baseline.id == "linear@1+looks"
+    assert arm.scene_options == {"class_style": 1.0, "classes_per_scene": 2}
+    assert ex.parse_arms(["offset@1"])[0].baseline.id == "linear@1"
+    with pytest.raises(ConfigError, match=r"unknown scene preset 'shiny'.*\+looks"):
+        ex.parse_arms(["offset@0.5+shiny"])
+
+
 def test_arm_parsing_groups_variants_and_styles():
     assert [a.id for a in ex.parse_arms(None)] == [
         "linear@0", "offset@0", "linear@0.5", "offset@0.5", "linear@1", "offset@1",
         "offset-co@0.5", "offset-fo@0.5", "offset-scaled-ln@0.5",
     ]  # fmt: skip
     assert len(ex.parse_arms(["main"])) == 6
-    assert [a.id for a in ex.parse_arms(["linear"])] == ["linear@0", "linear@0.5", "linear@1"]
+    assert [a.id for a in ex.parse_arms(["linear"])] == ["linear@0", "linear@0.5", "linear@1", "linear@0.5+looks"]
     assert [a.id for a in ex.parse_arms(["offset-noln", "offset@1.0", "offset@1"])] == [
         "offset-noln@0.5",
         "offset@1",
@@ -261,7 +274,7 @@ def test_command_line_overrides_may_follow_list_options_and_table_writes_the_doc
     assert args.seeds == ["0", "1"] and args.arms == ["main"] and args.iters == 7
     assert [*args.overrides, *args.extra_overrides] == ["optim.lr=1e-3", "optim.weight_decay=0"]
     with pytest.raises(ConfigError, match="--seeds"):
-        ex._seeds(["zero"])
+        ex.cli._seeds(["zero"])
 
     results, doc = tmp_path / "r.jsonl", tmp_path / "docs" / "experiment.md"
     ex.append_result(results, record("linear@0", 0, 0.5))

@@ -241,3 +241,66 @@ def test_fashion_mnist_from_env_and_truncated_file(tmp_path, monkeypatch, fmnist
         f.write(np.array([2049, 10000], dtype=">i4").tobytes() + bytes(10))  # 9,990 labels short
     with pytest.raises(DatasetError, match="truncated"):
         load_fashion_mnist("t10k", broken)
+
+
+# Digest of 24 scenes of generator version 2.0 (train and val, indices 0-3, style 0 / 0.5 / 1) as
+# generated before the class looks were added. If it changes, scenes changed: bump
+# GENERATOR_VERSION (caches and the experiment's results depend on it).
+V2_0_DIGEST = "56d9c7778ebdbbdf0204a15c51af8abc66afe6b96e7aa76de53eb06a1bfe6363"
+
+
+def test_class_looks_off_leave_version_2_0_scenes_unchanged(fmnist_dir):
+    import hashlib
+
+    digest = hashlib.sha256()
+    for split in ("train", "val"):
+        for index in range(4):
+            for style in (0.0, 0.5, 1.0):
+                image, mask = fs.generate_scene(split, index, fs.FashionScenesConfig(style=style))
+                digest.update(image.tobytes())
+                digest.update(mask.astype(np.uint8).tobytes())
+    assert digest.hexdigest() == V2_0_DIGEST
+    # new parameters at their "off" values do not rename earlier caches
+    assert fs.FashionScenesConfig(class_style=0.0, classes_per_scene=0).key() == fs.FashionScenesConfig().key()
+    assert fs.FashionScenesConfig(class_style=1.0).key() != fs.FashionScenesConfig().key()
+
+
+def test_class_looks_are_shared_within_a_scene_and_differ_across_scenes(fmnist_dir):
+    looks = replace(SMALL, style=0.0, class_style=1.0, classes_per_scene=2, min_items=4, max_items=4)
+    colours: dict[int, list[np.ndarray]] = {}
+    for index in range(12):
+        image, mask, info = fs.generate_scene_with_info("train", index, looks)
+        present = {item["class_id"] for item in info.items}
+        assert 1 <= len(present) <= 2  # two classes per scene
+        assert set(np.unique(mask)) - {0} <= present
+        for class_id in present:
+            pixels = image[mask == class_id].astype(float)
+            bright = pixels[pixels.sum(1) > pixels.sum(1).mean()]  # skip the dark stripes
+            colours.setdefault(class_id, []).append(bright.mean(0) / max(bright.mean(), 1e-6))
+    # the same class changes colour from scene to scene (chromaticity spread across scenes)
+    spreads = [np.std(np.stack(c), axis=0).mean() for c in colours.values() if len(c) >= 3]
+    assert spreads and max(spreads) > 0.1
+    # within a scene, every item of a class carries the same look: at full strength an item's
+    # colour is shade x look colour x stripes, so separate items of one class share a chromaticity
+    pairs = 0
+    for index in range(40):
+        image, mask, _ = fs.generate_scene_with_info("train", index, looks)
+        for class_id in set(np.unique(mask)) - {0}:
+            parts, count = ndimage.label(mask == class_id)
+            chroma = []
+            for part in range(1, count + 1):
+                px = image[parts == part].astype(float)
+                px = px[px.sum(1) > 30]  # lit pixels only
+                if len(px) > 20:
+                    chroma.append(px.mean(0) / px.mean())
+            for other in chroma[1:]:
+                assert np.abs(chroma[0] - other).max() < 0.15
+                pairs += 1
+    assert pairs >= 3
+
+
+def test_class_look_parameters_are_validated():
+    with pytest.raises(ConfigError, match="class_style"):
+        fs.FashionScenesConfig(class_style=1.5)
+    with pytest.raises(ConfigError, match="classes_per_scene"):
+        fs.FashionScenesConfig(classes_per_scene=11)

@@ -60,7 +60,7 @@ __all__ = [
 
 # Bump whenever a scene's pixels or labels change for the same (seed, split, index, config):
 # caches carrying another version are rebuilt.
-GENERATOR_VERSION = "2.0"
+GENERATOR_VERSION = "2.0"  # 2.1's additions are off by default and leave 2.0's scenes unchanged
 CLASSES = ("background",) + FMNIST_CLASSES
 PALETTE = (
     (0, 0, 0),
@@ -70,6 +70,10 @@ PALETTE = (
 SPLITS = {"train": 1, "val": 2}  # split -> seed component (scenes of different splits never coincide)
 FMNIST_SPLIT = {"train": "train", "val": "t10k"}  # disjoint item pools
 DEFAULT_LENGTH = {"train": 2000, "val": 1000}
+
+
+# Parameters added in 2.1 and their "off" values, at which scenes are those of 2.0.
+_ADDED_IN_2_1 = {"class_style": 0.0, "classes_per_scene": 0}
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,13 @@ class FashionScenesConfig:
         tint_prob: share of items multiplied by a random colour.
         min_tint_brightness: lowest HSV value of a tint (keeps tinted items from being black).
         style: strength in [0, 1] of the per-scene appearance shift (0 = off).
+        class_style: strength in [0, 1] of a per-scene look of each class (0 = off): in one scene,
+            every item of a class shares a colour and a stripe texture drawn for that (scene,
+            class) pair, so a class looks alike within an image and different across images, the
+            paper's case for image-specific class representations. At 1 the look replaces the
+            items' own tints.
+        classes_per_scene: 0 = each item's class is drawn freely; n >= 1 = a scene's items come
+            from n classes drawn for it, so classes repeat within a scene.
         seed: global seed.
         max_hidden: largest share of an earlier item a later one may cover (placements that hide
             more are redrawn).
@@ -103,6 +114,8 @@ class FashionScenesConfig:
     max_hidden: float = 0.5
     silhouette_threshold: float = 0.05
     placement_tries: int = 25
+    class_style: float = 0.0
+    classes_per_scene: int = 0
 
     def __post_init__(self) -> None:
         problems = []
@@ -114,7 +127,7 @@ class FashionScenesConfig:
             problems.append(
                 f"need 8 <= item_min <= item_max <= size (got {self.item_min}, {self.item_max}, {self.size})"
             )
-        for name in ("tint_prob", "min_tint_brightness", "style", "silhouette_threshold"):
+        for name in ("tint_prob", "min_tint_brightness", "style", "silhouette_threshold", "class_style"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name} must lie in [0, 1] (got {getattr(self, name)})")
         if not 0.0 <= self.max_hidden < 1.0:
@@ -123,6 +136,10 @@ class FashionScenesConfig:
             problems.append(f"placement_tries must be >= 1 (got {self.placement_tries})")
         if self.seed < 0:
             problems.append(f"seed must be >= 0 (got {self.seed})")
+        if not 0 <= self.classes_per_scene <= len(FMNIST_CLASSES):
+            problems.append(
+                f"classes_per_scene must lie in [0, {len(FMNIST_CLASSES)}] (got {self.classes_per_scene})"
+            )
         if problems:
             raise ConfigError("Invalid FashionScenes parameters: " + "; ".join(problems) + ".")
 
@@ -134,8 +151,12 @@ class FashionScenesConfig:
         return cls(**{"size": size, "item_min": item_min, "item_max": item_max, **overrides})
 
     def key(self) -> str:
-        """Short digest of the parameters and generator version (names non-default cache folders)."""
-        text = json.dumps({"version": GENERATOR_VERSION, **asdict(self)}, sort_keys=True)
+        """Short digest of the parameters and generator version (names non-default cache folders).
+
+        Parameters added after version 2.0 enter only when set, so earlier caches keep their names.
+        """
+        params = {k: v for k, v in asdict(self).items() if not (k in _ADDED_IN_2_1 and v == _ADDED_IN_2_1[k])}
+        text = json.dumps({"version": GENERATOR_VERSION, **params}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
@@ -192,17 +213,78 @@ def _tint(rng: np.random.Generator, config: FashionScenesConfig) -> np.ndarray |
     return np.asarray(colorsys.hsv_to_rgb(hue, sat, value), dtype=np.float32) if tinted else None
 
 
+@dataclass(frozen=True)
+class ClassLook:
+    """How one class looks in one scene (``class_style`` > 0): a colour and a stripe texture.
+
+    Attributes:
+        colour: RGB in [0, 1], float32 (3,).
+        angle: stripe direction in radians.
+        period: stripe period in pixels of a 128-px scene (scaled with the scene).
+        depth: how dark the stripes get, in [0, 1].
+        phase: stripe phase in radians.
+    """
+
+    colour: np.ndarray
+    angle: float
+    period: float
+    depth: float
+    phase: float
+
+    def texture(self, side: int, scale: float) -> np.ndarray:
+        """Stripe multiplier float32 (side, side) in [1 - depth, 1]."""
+        v, u = np.mgrid[0:side, 0:side].astype(np.float32)
+        along = u * np.cos(self.angle) + v * np.sin(self.angle)
+        wave = 0.5 + 0.5 * np.sin(2.0 * np.pi * along / (self.period * scale) + self.phase)
+        return (1.0 - self.depth * wave).astype(np.float32)
+
+
+def draw_class_looks(rng: np.random.Generator, config: FashionScenesConfig) -> list[ClassLook]:
+    """One look per Fashion-MNIST class (always all ten, so the draws do not depend on the scene)."""
+    looks = []
+    for _ in FMNIST_CLASSES:
+        hue, sat = rng.random(), rng.uniform(0.4, 1.0)
+        value = rng.uniform(max(config.min_tint_brightness, 0.4), 1.0)
+        looks.append(
+            ClassLook(
+                colour=np.asarray(colorsys.hsv_to_rgb(hue, sat, value), dtype=np.float32),
+                angle=float(rng.uniform(0.0, np.pi)),
+                period=float(rng.uniform(3.0, 9.0)),
+                depth=float(rng.uniform(0.3, 0.7)),
+                phase=float(rng.uniform(0.0, 2.0 * np.pi)),
+            )
+        )
+    return looks
+
+
 def _render_item(
-    pool: FashionMNISTSplit, index: int, side: int, flip: bool, tint: np.ndarray | None, threshold: float
+    pool: FashionMNISTSplit,
+    index: int,
+    side: int,
+    flip: bool,
+    tint: np.ndarray | None,
+    threshold: float,
+    look: ClassLook | None = None,
+    look_strength: float = 0.0,
+    scene_scale: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Item ``index`` scaled to side x side -> (silhouette bool (s, s), colour float32 (s, s, 3))."""
+    """Item ``index`` scaled to side x side -> (silhouette bool (s, s), colour float32 (s, s, 3)).
+
+    With a ``look`` (strength in (0, 1]) the item's tint moves towards the look's colour and its
+    shade is multiplied by the look's stripes, both by ``look_strength``.
+    """
     matte = np.asarray(Image.fromarray(pool.images[index]).resize((side, side), Image.BILINEAR))
     if flip:
         matte = matte[:, ::-1]
     silhouette = item_silhouette(matte, threshold)
     shade = matte.astype(np.float32)[:, :, None]  # (s, s, 1) item intensity in [0, 255]
-    colour = shade * tint if tint is not None else np.repeat(shade, 3, axis=2)  # (s, s, 3)
-    return silhouette, colour
+    if look is None or look_strength <= 0:
+        colour = shade * tint if tint is not None else np.repeat(shade, 3, axis=2)  # (s, s, 3)
+        return silhouette, colour
+    own = tint if tint is not None else np.ones(3, dtype=np.float32)
+    mixed = (1.0 - look_strength) * own + look_strength * look.colour  # (3,)
+    stripes = 1.0 - look_strength * (1.0 - look.texture(side, scene_scale))  # (s, s)
+    return silhouette, shade * mixed * stripes[:, :, None]
 
 
 def _place(
@@ -270,9 +352,16 @@ def generate_scene_with_info(
     if index < 0:
         raise ValueError(f"scene index must be >= 0, got {index}.")
     pool = load_fashion_mnist(FMNIST_SPLIT[split], fmnist)
-    # Independent streams: the background, the items and the style never shift each other's draws.
-    bg_seq, item_seq, style_seq = np.random.SeedSequence([config.seed, SPLITS[split], index]).spawn(3)
-    bg_rng, item_rng, style_rng = (np.random.default_rng(s) for s in (bg_seq, item_seq, style_seq))
+    # Independent streams: the background, the items, the style and the class looks never shift
+    # each other's draws (spawned children are fixed by their index, so adding the fourth stream
+    # left the first three, and 2.0's scenes, unchanged).
+    seqs = np.random.SeedSequence([config.seed, SPLITS[split], index]).spawn(4)
+    bg_rng, item_rng, style_rng, look_rng = (np.random.default_rng(s) for s in seqs)
+    looks = draw_class_looks(look_rng, config) if config.class_style > 0 else None
+    scene_classes = None
+    if config.classes_per_scene > 0:
+        scene_classes = look_rng.choice(len(FMNIST_CLASSES), size=config.classes_per_scene, replace=False)
+        by_class = _indices_by_class(pool)
 
     names = sorted(BACKGROUNDS[split])
     background = names[int(bg_rng.integers(0, len(names)))]
@@ -284,14 +373,26 @@ def generate_scene_with_info(
     areas: list[int] = []
 
     for _ in range(int(item_rng.integers(config.min_items, config.max_items + 1))):
-        item = int(item_rng.integers(0, len(pool.images)))
+        if scene_classes is None:
+            item = int(item_rng.integers(0, len(pool.images)))
+        else:
+            candidates = by_class[int(scene_classes[int(item_rng.integers(0, len(scene_classes)))])]
+            item = int(candidates[int(item_rng.integers(0, len(candidates)))])
         side = int(item_rng.integers(config.item_min, config.item_max + 1))
         flip = bool(item_rng.random() < 0.5)
         tint = _tint(item_rng, config)
         placed = None
         for attempt_side in dict.fromkeys((side, config.item_min)):  # the drawn size, then the smallest
             silhouette, colour = _render_item(
-                pool, item, attempt_side, flip, tint, config.silhouette_threshold
+                pool,
+                item,
+                attempt_side,
+                flip,
+                tint,
+                config.silhouette_threshold,
+                look=looks[int(pool.labels[item])] if looks else None,
+                look_strength=config.class_style,
+                scene_scale=size / 128,
             )
             if not silhouette.any():
                 break
@@ -326,6 +427,16 @@ def generate_scene_with_info(
 
     image = _appearance_shift(image, style_rng, config.style)
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), mask, info
+
+
+def _indices_by_class(pool: FashionMNISTSplit) -> list[np.ndarray]:
+    """Item indices of each Fashion-MNIST class (0-9) in ``pool``, computed once per pool."""
+    if pool.sha256 not in _BY_CLASS:  # the same file has the same labels
+        _BY_CLASS[pool.sha256] = [np.flatnonzero(pool.labels == c) for c in range(len(FMNIST_CLASSES))]
+    return _BY_CLASS[pool.sha256]
+
+
+_BY_CLASS: dict[str, list[np.ndarray]] = {}
 
 
 def generate_scene(

@@ -1,0 +1,105 @@
+"""``offseg bench experiment``: the command line over the runner and the table."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from offseg_vis.bench.experiment.arms import VARIANTS, parse_arms
+from offseg_vis.bench.experiment.budget import (
+    DEFAULT_CONFIG,
+    DEFAULT_DOC,
+    DEFAULT_ITERS,
+    DEFAULT_RESULTS,
+    DEFAULT_WORK_DIR,
+    load_base,
+)
+from offseg_vis.bench.experiment.results import read_results
+from offseg_vis.bench.experiment.runner import run_grid, status
+from offseg_vis.bench.experiment.table import format_doc, summarise
+from offseg_vis.errors import ConfigError
+
+
+class _ListThenOverrides(argparse.Action):
+    """``nargs="+"`` option whose ``key=value`` tokens go to the overrides (so overrides may follow it)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = [v for v in values if "=" not in v]
+        if not items:
+            parser.error(f"{option_string} needs at least one value")
+        setattr(namespace, self.dest, items)
+        namespace.extra_overrides = [*getattr(namespace, "extra_overrides", []), *(v for v in values if "=" in v)]
+
+
+def register_experiment(bsub: argparse._SubParsersAction) -> None:
+    """Add ``experiment`` to the ``offseg bench`` sub-commands."""
+    p = bsub.add_parser(
+        "experiment",
+        help="offset vs per-pixel classifier on FashionScenes: run any part of the grid, or --table",
+        description="Train and evaluate classifier arms (variant@style) x seeds under one budget, appending a "
+        "JSON line per finished run to the results file and skipping runs already there; an interrupted "
+        "run resumes. --table writes the Markdown summary instead. Overrides (key=value) change the base "
+        "config for every arm.",
+    )
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides of the base config")
+    p.add_argument(
+        "--arms",
+        nargs="+",
+        action=_ListThenOverrides,
+        default=["grid"],
+        help="variant@style (e.g. offset@1, offset-co@0.5), a variant (all its grid styles) or a group: "
+        f"grid (default), main, ablation, all. Variants: {', '.join(VARIANTS)}",
+    )
+    p.add_argument("--seeds", nargs="+", action=_ListThenOverrides, default=["0", "1", "2"])
+    p.add_argument("--iters", type=int, default=DEFAULT_ITERS, help=f"steps per run (default {DEFAULT_ITERS})")
+    p.add_argument("--batch-size", type=int, default=None, help="images per step (default: the config's)")
+    p.add_argument("--size", type=int, default=None, help="scene and crop side in px (default: the config's)")
+    p.add_argument("--val-scenes", type=int, default=None, help="val scenes per style (default: the config's)")
+    p.add_argument("--train-scenes", type=int, default=None, help="training scenes per epoch (default: config)")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help=f"base config (default {DEFAULT_CONFIG})")
+    p.add_argument("--results", default=DEFAULT_RESULTS, help=f"results file (default {DEFAULT_RESULTS})")
+    p.add_argument("--work-dir", default=DEFAULT_WORK_DIR, help=f"run folders (default {DEFAULT_WORK_DIR})")
+    p.add_argument(
+        "--keep-checkpoints", action="store_true", help="keep last weights and optimiser state of finished runs"
+    )
+    p.add_argument("--list", action="store_true", help="show each planned run as done, partial or pending")
+    p.add_argument("--table", action="store_true", help="write the Markdown table of the results file; run nothing")
+    p.add_argument("--doc", default=DEFAULT_DOC, help=f"where --table writes the page (default {DEFAULT_DOC})")
+    p.set_defaults(func=experiment_command, extra_overrides=[])
+
+
+def _seeds(values: Sequence[str]) -> list[int]:
+    try:
+        seeds = [int(v) for v in values]
+    except ValueError as err:
+        raise ConfigError(f"--seeds takes non-negative integers, e.g. --seeds 0 1 2 ({err}).") from err
+    if any(s < 0 for s in seeds):
+        raise ConfigError(f"--seeds takes non-negative integers, got {seeds}.")
+    return list(dict.fromkeys(seeds))
+
+
+def experiment_command(args: argparse.Namespace) -> int:
+    """Entry point of ``offseg bench experiment``."""
+    if args.table:
+        from offseg_vis.models.weights import atomic_write_text
+
+        text = format_doc(summarise(read_results(args.results)), args.results)
+        print(text)
+        if args.doc:
+            atomic_write_text(args.doc, text)
+            print(f"written to {args.doc}", file=sys.stderr)
+        return 0
+    overrides = [*args.overrides, *args.extra_overrides]
+    arms = parse_arms(args.arms)
+    seeds = _seeds(args.seeds)
+    base, budget = load_base(
+        args.config, overrides, args.iters, args.batch_size, args.size, args.val_scenes, args.train_scenes
+    )
+    if args.list:
+        print(f"budget {budget.key()}: {budget.describe()}")
+        for arm_id, seed, state in status(budget, arms, seeds, args.results, args.work_dir):
+            print(f"  {arm_id:<22} seed {seed}: {state}")
+        return 0
+    run_grid(base, budget, arms, seeds, args.results, args.work_dir, args.keep_checkpoints)
+    return 0

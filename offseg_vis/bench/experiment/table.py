@@ -1,0 +1,228 @@
+"""The Markdown table of a results file: means, stds and paired differences vs linear, per budget."""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from offseg_vis.bench.experiment.arms import DEFAULT_GRID, SCENES, VARIANTS, Arm
+from offseg_vis.bench.experiment.budget import DEFAULT_CONFIG, DEFAULT_RESULTS, Budget
+
+
+@dataclass
+class ArmSummary:
+    """One table row: an arm's runs under one budget. Fractions in [0, 1]; std is the sample std.
+
+    Attributes:
+        delta_mean, delta_std, n_pairs: arm minus ``linear`` at the same style, per shared seed.
+    """
+
+    arm: str
+    variant: str
+    style: float
+    seeds: list[int]
+    miou_mean: float
+    miou_std: float
+    aacc_mean: float
+    delta_mean: float | None
+    delta_std: float | None
+    n_pairs: int
+    params: int | None
+    wall_mean_s: float
+    loss_mean: float | None
+
+    @property
+    def n(self) -> int:
+        return len(self.seeds)
+
+
+@dataclass
+class BudgetSummary:
+    """All rows of one budget, plus where the numbers came from."""
+
+    budget: dict
+    rows: list[ArmSummary]
+    machines: list[str]
+    commits: list[str]
+
+
+def _finite(xs: Iterable[float | None]) -> list[float]:
+    return [float(x) for x in xs if x is not None and math.isfinite(x)]
+
+
+def _mean(xs: Iterable[float | None]) -> float:
+    """Mean of the finite values (NaN when there are none)."""
+    xs = _finite(xs)
+    return statistics.fmean(xs) if xs else math.nan
+
+
+def _std(xs: Iterable[float | None]) -> float:
+    """Sample standard deviation of the finite values (NaN for fewer than two)."""
+    xs = _finite(xs)
+    return statistics.stdev(xs) if len(xs) > 1 else math.nan
+
+
+def _arm_order(record: dict) -> tuple:
+    variants = list(VARIANTS)
+    v = record["variant"] if record.get("variant") in variants else None
+    scene = record.get("scene", "")
+    return (scene, float(record["style"]), variants.index(v) if v else len(variants), record["arm"])
+
+
+def summarise(records: Iterable[dict]) -> list[BudgetSummary]:
+    """Group records by budget, then by arm; compute means, stds and paired differences vs linear.
+
+    A duplicate run (same arm, seed, budget) counts once (the first line wins). Records without a
+    val mIoU are left out.
+    """
+    groups: dict[str, dict[str, dict[int, dict]]] = {}
+    budgets: dict[str, dict] = {}
+    for r in records:
+        if r.get("val", {}).get("mIoU") is None:
+            continue
+        bkey = json.dumps(r["budget"], sort_keys=True)
+        budgets.setdefault(bkey, r["budget"])
+        groups.setdefault(bkey, {}).setdefault(r["arm"], {}).setdefault(int(r["seed"]), r)
+    out = []
+    for bkey, arms in groups.items():
+        rows = []
+        for arm_id, by_seed in sorted(arms.items(), key=lambda kv: _arm_order(next(iter(kv[1].values())))):
+            first = next(iter(by_seed.values()))
+            style = float(first["style"])
+            baseline = arms.get(Arm("linear", style, first.get("scene", "")).id, {})
+            seeds = sorted(by_seed)
+            mious = [by_seed[s]["val"]["mIoU"] for s in seeds]
+            deltas = None
+            if first.get("variant") != "linear":
+                deltas = [by_seed[s]["val"]["mIoU"] - baseline[s]["val"]["mIoU"] for s in seeds if s in baseline]
+            losses = [by_seed[s]["train_loss_final"] for s in seeds if by_seed[s].get("train_loss_final") is not None]
+            rows.append(
+                ArmSummary(
+                    arm=arm_id,
+                    variant=first.get("variant", arm_id.split("@")[0]),
+                    style=style,
+                    seeds=seeds,
+                    miou_mean=_mean(mious),
+                    miou_std=_std(mious),
+                    aacc_mean=_mean([by_seed[s]["val"].get("aAcc") for s in seeds]),
+                    delta_mean=_mean(deltas) if deltas else None,
+                    delta_std=_std(deltas) if deltas else None,
+                    n_pairs=len(deltas or []),
+                    params=first.get("params"),
+                    wall_mean_s=_mean([by_seed[s].get("wall_time_s") for s in seeds]),
+                    loss_mean=_mean(losses) if losses else None,
+                )
+            )
+        all_runs = [r for by_seed in arms.values() for r in by_seed.values()]
+        machines = sorted(
+            {
+                f"{r['machine'].get('cpu')}, {r['machine'].get('threads')} threads, torch {r['machine'].get('torch')}"
+                for r in all_runs
+                if r.get("machine")
+            }
+        )
+        commits = sorted({(r.get("git_commit") or "unknown")[:10] for r in all_runs})
+        out.append(BudgetSummary(budgets[bkey], rows, machines, commits))
+    return out
+
+
+def _pm(mean: float, std: float, scale: float = 100.0, signed: bool = False) -> str:
+    sign = "+" if signed else ""
+    m = f"{scale * mean:{sign}.2f}"
+    return f"{m} ± {scale * std:.2f}" if math.isfinite(std) else f"{m} ± n/a"
+
+
+def _label(variant: str) -> str:
+    spec = VARIANTS.get(variant)
+    return spec.label if spec else variant
+
+
+def grid_command(budget: dict, arms: Sequence[str], seeds: Sequence[int], results: str) -> str:
+    """The ``offseg bench experiment`` command that produces (or completes) this budget's runs."""
+    b = Budget.from_dict(budget)
+    args = ["offseg", "bench", "experiment"]
+    if sorted(arms) != sorted(a.id for a in DEFAULT_GRID):
+        args += ["--arms", *arms]
+    args += ["--seeds", *map(str, seeds), "--iters", str(b.iters), "--batch-size", str(b.batch_size)]
+    args += ["--size", str(b.size), "--val-scenes", str(b.val_scenes), "--train-scenes", str(b.train_scenes)]
+    if b.config != Path(DEFAULT_CONFIG).stem:
+        args += ["--config", f"configs/{b.config}.yaml"]
+    if results != DEFAULT_RESULTS:
+        args += ["--results", results]
+    args += list(b.overrides)
+    return shlex.join(args)
+
+
+def format_table(summary: BudgetSummary) -> str:
+    """The Markdown table of one budget (val mIoU and differences in %, i.e. IoU points)."""
+    lines = [
+        "| arm | classifier | seeds | val mIoU % (mean ± std) | Δ mIoU vs linear, paired (points) "
+        "| val aAcc % | final train loss | params | wall time / run |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in summary.rows:
+        if row.variant == "linear":
+            delta = "—"
+        elif row.delta_mean is None:
+            delta = "no paired linear run"
+        else:
+            delta = f"{_pm(row.delta_mean, row.delta_std or float('nan'), signed=True)} (n={row.n_pairs})"
+        loss = f"{row.loss_mean:.4f}" if row.loss_mean is not None else "n/a"
+        params = f"{row.params / 1e6:.3f} M" if row.params else "n/a"
+        lines.append(
+            f"| `{row.arm}` | {_label(row.variant)} | {row.n} ({', '.join(map(str, row.seeds))}) "
+            f"| {_pm(row.miou_mean, row.miou_std)} | {delta} | {100 * row.aacc_mean:.2f} | {loss} "
+            f"| {params} | {row.wall_mean_s / 60:.1f} min |"
+        )
+    return "\n".join(lines)
+
+
+def format_doc(summaries: Sequence[BudgetSummary], results: str = DEFAULT_RESULTS) -> str:
+    """The whole ``docs/experiment.md`` page: one section per budget found in the results file."""
+    parts = [
+        "# The offset-vs-per-pixel experiment",
+        "",
+        f"Generated by `offseg bench experiment --table` from `{results}`; regenerate it, do not edit it.",
+        "",
+        "Each run trains the CPU default model (OffSeg-MBV2) on FashionScenes with one classifier and "
+        "evaluates it on val scenes of the same style and scene preset. The seed fixes the training scene "
+        "stream, data order, augmentation and initialisation, identical for every arm; the val set is fixed "
+        "per style and preset. Style 0 = no per-scene appearance shift, 1 = the strongest. mIoU and its "
+        "differences are in percent (IoU points); ± is the sample standard deviation over seeds; Δ is the arm "
+        "minus `linear` at the same style, preset and seed, over the seeds both have. Arms marked "
+        '"not the paper\'s" are our own variants.',
+        "",
+        "Scene presets (`variant@style+preset`): "
+        + "; ".join(
+            f"`+{name}` = {', '.join(f'{k}={v}' for k, v in opts.items())}" for name, opts in SCENES.items() if name
+        )
+        + " (FashionScenes parameters added to the arm's style; see `FashionScenesConfig`).",
+        "",
+    ]
+    if not summaries:
+        parts += ["No finished runs yet. Run the grid:", "", "```", "offseg bench experiment", "```", ""]
+    for s in summaries:
+        b = Budget.from_dict(s.budget)
+        arms = [r.arm for r in s.rows]
+        seeds = sorted({seed for r in s.rows for seed in r.seeds})
+        parts += [
+            f"## Budget {b.key()}",
+            "",
+            b.describe() + ".",
+            "",
+            "```",
+            grid_command(s.budget, arms, seeds, results),
+            f"offseg bench experiment --table{'' if results == DEFAULT_RESULTS else ' --results ' + results}",
+            "```",
+            "",
+            format_table(s),
+            "",
+            f"Machine: {'; '.join(s.machines) or 'n/a'}. Git commit: {', '.join(s.commits)}.",
+            "",
+        ]
+    return "\n".join(parts)
