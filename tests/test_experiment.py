@@ -175,16 +175,36 @@ def test_interrupted_grid_resumes_and_matches_an_uninterrupted_run(finished_grid
     assert resumed[0]["train_loss_final"] == pytest.approx(off["train_loss_final"], rel=1e-6)
 
 
+def test_analysis_of_a_finished_pair_reads_its_checkpoints(finished_grid):
+    base, budget, arms, _, root, _ = finished_grid
+    analysis = ex.analyse_arm(base, budget, arms[1], 0, root / "runs", n_images=4)
+    assert (analysis.arm, analysis.baseline, analysis.seed, analysis.images) == ("offset@0.5", "linear@0.5", 0, 4)
+    assert list(analysis.reports) == ["offset: before (E, W)", "offset: after (E', W')", "linear (E, W)"]
+    row = analysis.summary_row()
+    for key in ("consistency_before", "consistency_after", "alignment_linear", "mIoU_before", "mIoU_after"):
+        assert math.isnan(row[key]) or -1.0 <= row[key] <= 1.0
+    # every labelled pixel of the 4 scenes (32 x 32) falls in exactly one correction category
+    assert sum(analysis.corrections.values()) == 4 * 32 * 32
+    doc = ex.format_analysis([analysis], budget, "offseg bench experiment --analyse")
+    assert "| `offset@0.5` | 0 | 4 |" in doc and "## `offset@0.5` vs `linear@0.5`, seed 0" in doc
+    with pytest.raises(ConfigError, match="per-pixel"):
+        ex.analyse_arm(base, budget, arms[0], 0, root / "runs", n_images=4)
+    with pytest.raises(ConfigError, match=r"No weights of offset@0.5 seed 1.*--arms offset@0.5 --seeds 1"):
+        ex.analyse_arm(base, budget, arms[1], 1, root / "runs", n_images=4)
+
+
 # ----------------------------------------------------------------------------------------------
 # results file and table
 
 
 def record(arm, seed, miou, budget=None, params=1000, wall=60.0, loss=0.2):
     variant, _, style = arm.partition("@")
+    style, _, scene = style.partition("+")
     return {
         "arm": arm,
         "variant": variant,
         "style": float(style),
+        "scene": scene,
         "seed": seed,
         "budget": budget
         or {
@@ -216,6 +236,26 @@ def test_append_is_whole_lines_and_the_reader_skips_damage(tmp_path):
         records = ex.read_results(path)
     assert [r["seed"] for r in records] == [0, 1]
     assert records[1]["val"]["mIoU"] is None  # NaN is written as null (strict JSON)
+
+
+def test_table_pairs_scene_preset_arms_with_their_own_baseline(tmp_path):
+    path = tmp_path / "r.jsonl"
+    for r in (
+        record("linear@0.5", 0, 0.50),
+        record("offset@0.5", 0, 0.51),
+        record("linear@0.5+looks", 0, 0.30),
+        record("offset@0.5+looks", 0, 0.36),
+        record("linear@0.5+looks", 1, 0.32),
+        record("offset@0.5+looks", 1, 0.35),
+    ):
+        ex.append_result(path, r)
+    (summary,) = ex.summarise(ex.read_results(path))
+    rows = {r.arm: r for r in summary.rows}
+    assert [r.arm for r in summary.rows] == ["linear@0.5", "offset@0.5", "linear@0.5+looks", "offset@0.5+looks"]
+    assert rows["offset@0.5"].delta_mean == pytest.approx(0.01)
+    assert rows["offset@0.5+looks"].delta_mean == pytest.approx(0.045)  # (0.06 + 0.03) / 2, vs +looks linear
+    assert rows["offset@0.5+looks"].n_pairs == 2
+    assert "`+looks` = class_style=1.0, classes_per_scene=2" in ex.format_doc([summary])
 
 
 def test_table_means_stds_and_paired_differences(tmp_path):

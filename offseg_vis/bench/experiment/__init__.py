@@ -21,11 +21,19 @@ and learned class / feature offsets fix it. This module tests it with identical 
   differences vs ``linear`` at the same style, parameters, wall time) and writes
   ``docs/experiment.md``.
 
-Modules: ``arms`` (variants, arms, groups), ``budget`` (what runs share, one run's config),
+Modules: ``arms`` (variants, scene presets, arms, groups), ``budget`` (what runs share, one run's config),
 ``results`` (the JSON-lines file), ``runner`` (train + evaluate, resumable), ``table`` (the
-Markdown summary), ``cli`` (``offseg bench experiment``).
+Markdown summary), ``analysis`` (the misalignment analysis of finished runs), ``cli``
+(``offseg bench experiment``).
 """
 
+from offseg_vis.bench.experiment.analysis import (
+    DEFAULT_ANALYSIS_DOC,
+    DEFAULT_ANALYSIS_IMAGES,
+    ArmAnalysis,
+    analyse_arm,
+    format_analysis,
+)
 from offseg_vis.bench.experiment.arms import (
     ABLATION_ARMS,
     ABLATION_STYLE,
@@ -86,6 +94,11 @@ from offseg_vis.bench.experiment.table import (
 )
 
 __all__ = [
+    "DEFAULT_ANALYSIS_DOC",
+    "DEFAULT_ANALYSIS_IMAGES",
+    "ArmAnalysis",
+    "analyse_arm",
+    "format_analysis",
     "ABLATION_ARMS",
     "ABLATION_STYLE",
     "ALL_ARMS",

@@ -6,6 +6,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from offseg_vis.bench.experiment.analysis import (
+    DEFAULT_ANALYSIS_DOC,
+    DEFAULT_ANALYSIS_IMAGES,
+    analyse_arm,
+    format_analysis,
+)
 from offseg_vis.bench.experiment.arms import VARIANTS, parse_arms
 from offseg_vis.bench.experiment.budget import (
     DEFAULT_CONFIG,
@@ -66,6 +72,21 @@ def register_experiment(bsub: argparse._SubParsersAction) -> None:
     p.add_argument("--list", action="store_true", help="show each planned run as done, partial or pending")
     p.add_argument("--table", action="store_true", help="write the Markdown table of the results file; run nothing")
     p.add_argument("--doc", default=DEFAULT_DOC, help=f"where --table writes the page (default {DEFAULT_DOC})")
+    p.add_argument(
+        "--analyse",
+        action="store_true",
+        help="misalignment analysis of finished offset arms vs their linear baselines (their checkpoints); "
+        f"writes {DEFAULT_ANALYSIS_DOC}",
+    )
+    p.add_argument(
+        "--analysis-images",
+        type=int,
+        default=DEFAULT_ANALYSIS_IMAGES,
+        help=f"val scenes probed by --analyse (default {DEFAULT_ANALYSIS_IMAGES})",
+    )
+    p.add_argument(
+        "--analysis-doc", default=DEFAULT_ANALYSIS_DOC, help=f"where --analyse writes (default {DEFAULT_ANALYSIS_DOC})"
+    )
     p.set_defaults(func=experiment_command, extra_overrides=[])
 
 
@@ -101,5 +122,33 @@ def experiment_command(args: argparse.Namespace) -> int:
         for arm_id, seed, state in status(budget, arms, seeds, args.results, args.work_dir):
             print(f"  {arm_id:<22} seed {seed}: {state}")
         return 0
+    if args.analyse:
+        return _analyse(args, base, budget, arms, seeds)
     run_grid(base, budget, arms, seeds, args.results, args.work_dir, args.keep_checkpoints)
+    return 0
+
+
+def _analyse(args: argparse.Namespace, base, budget, arms, seeds) -> int:
+    import shlex
+
+    from offseg_vis.models.weights import atomic_write_text
+
+    if args.analysis_images < 1:
+        raise ConfigError(f"--analysis-images must be positive, got {args.analysis_images}.")
+    targets = [a for a in arms if a.spec.classifier == "offset"]
+    if not targets:
+        raise ConfigError("--analyse needs at least one Offset Learning arm in --arms, e.g. --arms offset@0.5.")
+    analyses = []
+    for arm in targets:
+        for seed in seeds:
+            print(f"analysing {arm.id} vs {arm.baseline.id}, seed {seed} ...", file=sys.stderr, flush=True)
+            analyses.append(analyse_arm(base, budget, arm, seed, args.work_dir, args.analysis_images))
+    command = shlex.join(
+        ["offseg", "bench", "experiment", "--analyse", "--arms", *(a.id for a in targets), "--seeds", *map(str, seeds)]
+        + ["--iters", str(budget.iters), "--analysis-images", str(args.analysis_images)]
+    )
+    text = format_analysis(analyses, budget, command)
+    print(text)
+    atomic_write_text(args.analysis_doc, text)
+    print(f"written to {args.analysis_doc}", file=sys.stderr)
     return 0

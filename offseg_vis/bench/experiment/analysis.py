@@ -1,0 +1,168 @@
+"""Why an arm did or did not gain: the misalignment analysis on an experiment run's own checkpoints.
+
+For one offset arm and seed this loads the arm's ``best`` weights and those of its per-pixel
+baseline (``linear`` at the same style and scene preset, same seed), probes both on the first val
+scenes of the arm, and reports
+
+* W* consistency (cosine of one class's ideal prototype across images) and alignment (cosine of W
+  with W*), before (E, W) and after (E', W') the offsets, and for the per-pixel model: the paper's
+  Fig. 3 measurement (see :mod:`offseg_vis.analysis.misalignment`);
+* how much the offset model's predictions depend on its offsets: mIoU without them (argmax of
+  norm(E·Wᵀ)) and with them, and the pixels the offsets fixed or broke (the correction map).
+
+``offseg bench experiment --analyse --arms offset@0.5 offset@0.5+looks --seeds 0`` writes it to
+``docs/experiment_analysis.md``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from offseg_vis.bench.experiment.arms import Arm
+from offseg_vis.bench.experiment.budget import DEFAULT_WORK_DIR, Budget, run_config, run_dir_for
+from offseg_vis.errors import ConfigError
+
+DEFAULT_ANALYSIS_DOC = "docs/experiment_analysis.md"
+DEFAULT_ANALYSIS_IMAGES = 100
+
+
+@dataclass
+class ArmAnalysis:
+    """The analysis of one offset arm at one seed (fractions in [0, 1]).
+
+    Attributes:
+        arm, seed: what was analysed; ``baseline`` is the per-pixel arm it is compared with.
+        images: val scenes probed.
+        reports: name -> :class:`~offseg_vis.analysis.misalignment.MisalignmentReport`
+            ("offset: before (E, W)", "offset: after (E', W')", "linear (E, W)").
+        effect: {"mIoU_before", "mIoU_after", "aAcc_before", "aAcc_after"} of the offset model.
+        corrections: summed correction-map counts {"fixed", "broken", "changed, still wrong", "unchanged"}.
+    """
+
+    arm: str
+    baseline: str
+    seed: int
+    images: int
+    reports: dict
+    effect: dict
+    corrections: dict
+
+    def summary_row(self) -> dict:
+        """The numbers the README quotes, flat."""
+        before, after, linear = (self.reports[k] for k in self.reports)
+        return {
+            "arm": self.arm,
+            "seed": self.seed,
+            "consistency_before": before.overall_consistency,
+            "consistency_after": after.overall_consistency,
+            "consistency_linear": linear.overall_consistency,
+            "alignment_before": before.overall_alignment,
+            "alignment_after": after.overall_alignment,
+            "alignment_linear": linear.overall_alignment,
+            **self.effect,
+        }
+
+
+def _weights(work_root: str | os.PathLike, arm: Arm, seed: int, budget: Budget) -> Path:
+    from offseg_vis.engine.checkpoint import checkpoint_weights
+
+    run_dir = run_dir_for(work_root, arm, seed, budget)
+    for tag in ("best", "last"):
+        path = checkpoint_weights(run_dir, tag)
+        if path.is_file():
+            return path
+    raise ConfigError(
+        f"No weights of {arm.id} seed {seed} under this budget in {run_dir}. Run it first "
+        f"(`offseg bench experiment --arms {arm.id} --seeds {seed}` with the same budget options), or "
+        "pass the --work-dir it ran in."
+    )
+
+
+def analyse_arm(
+    base,
+    budget: Budget,
+    arm: Arm,
+    seed: int,
+    work_root: str | os.PathLike = DEFAULT_WORK_DIR,
+    n_images: int = DEFAULT_ANALYSIS_IMAGES,
+) -> ArmAnalysis:
+    """Probe the arm's and its baseline's checkpoints on the arm's first ``n_images`` val scenes.
+
+    Raises:
+        ConfigError: the arm is not an Offset Learning arm, or a run's weights are missing.
+    """
+    from offseg_vis.analysis import correction_map, misalignment_suite, offset_effect, probe
+    from offseg_vis.analysis.corrections import CODE_NAMES, total_class_counts
+    from offseg_vis.data.fashion_scenes import CLASSES, config_from_dict, generate_scene
+    from offseg_vis.engine.checkpoint import load_model
+
+    if arm.spec.classifier != "offset":
+        raise ConfigError(f"--analyse compares an Offset Learning arm with its baseline; {arm.id} is per-pixel.")
+    offset_path = _weights(work_root, arm, seed, budget)
+    linear_path = _weights(work_root, arm.baseline, seed, budget)
+    generator = config_from_dict(run_config(base, arm, seed, budget).data.val_options["config"])
+    scenes = [generate_scene("val", i, generator) for i in range(n_images)]
+    images, labels = [s[0] for s in scenes], [s[1] for s in scenes]
+    offset_model, _ = load_model(offset_path)
+    linear_model, _ = load_model(linear_path)
+    offset_probes = probe(offset_model, images, labels)
+    linear_probes = probe(linear_model, images, labels)
+    reports = misalignment_suite(offset_probes, linear_probes, list(CLASSES))
+    counts, order = total_class_counts([correction_map(p) for p in offset_probes])  # (K, codes)
+    return ArmAnalysis(
+        arm=arm.id,
+        baseline=arm.baseline.id,
+        seed=int(seed),
+        images=n_images,
+        reports=reports,
+        effect=offset_effect(offset_probes),
+        corrections={CODE_NAMES[code]: int(counts[:, j].sum()) for j, code in enumerate(order)},
+    )
+
+
+def format_analysis(analyses: Sequence[ArmAnalysis], budget: Budget, command: str) -> str:
+    """``docs/experiment_analysis.md``: one summary table, then one section per (arm, seed)."""
+    from offseg_vis.analysis import per_class_table, summary_table
+
+    lines = [
+        "# Why the offsets did or did not help: the misalignment analysis of experiment runs",
+        "",
+        f"Generated by `{command}`; regenerate it, do not edit it. Budget {budget.key()}: {budget.describe()}.",
+        "",
+        "W* = M·(Eᵀ)⁺ is an image's ideal class prototype (class-centred, see `analysis/misalignment.py`). "
+        "Consistency = mean cosine of one class's W* across images (high = one fixed W can fit every image); "
+        "alignment = cosine of the classifier's W (W' after the offsets) with W*. mIoU without offsets = the "
+        "offset model's argmax of norm(E·Wᵀ), i.e. its prediction with ΔW = ΔE = 0.",
+        "",
+        "| arm | seed | images | W* consistency: before / after / linear | alignment: before / after / linear "
+        "| offset model mIoU % without → with offsets | pixels fixed / broken by the offsets |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for a in analyses:
+        r = a.summary_row()
+        lines.append(
+            f"| `{a.arm}` | {a.seed} | {a.images} "
+            f"| {r['consistency_before']:.3f} / {r['consistency_after']:.3f} / {r['consistency_linear']:.3f} "
+            f"| {r['alignment_before']:.3f} / {r['alignment_after']:.3f} / {r['alignment_linear']:.3f} "
+            f"| {100 * r['mIoU_before']:.1f} → {100 * r['mIoU_after']:.1f} "
+            f"| {a.corrections.get('fixed', 0):,} / {a.corrections.get('broken', 0):,} |"
+        )
+    for a in analyses:
+        lines += [
+            "",
+            f"## `{a.arm}` vs `{a.baseline}`, seed {a.seed} ({a.images} val scenes)",
+            "",
+            "```",
+            summary_table(a.reports),
+            "```",
+            "",
+            "Per class, consistency of W* across images:",
+            "",
+            "```",
+            per_class_table(a.reports, "consistency"),
+            "```",
+        ]
+    return "\n".join(lines) + "\n"
