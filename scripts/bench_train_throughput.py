@@ -20,7 +20,7 @@ import time
 import torch
 
 from offseg_vis.engine.config import OptimConfig
-from offseg_vis.engine.train import build_optimizer
+from offseg_vis.engine.optim import build_optimizer
 from offseg_vis.models.zoo import build_model
 
 

@@ -11,14 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from offseg_vis.engine.config import Config, OptimConfig, ScheduleConfig, apply_overrides
-from offseg_vis.engine.train import (
-    NonFiniteLossError,
-    WarmupPolyFactor,
-    build_optimizer,
-    build_scheduler,
-    param_groups,
-    train,
-)
+from offseg_vis.engine.optim import WarmupPolyFactor, build_optimizer, build_scheduler, param_groups
+from offseg_vis.engine.train import NonFiniteLossError, train
 from offseg_vis.models.offset_learning import build_classifier
 from offseg_vis.models.segmentor import Segmentor
 from offseg_vis.models.weights import read_metadata, read_state_dict

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from offseg_vis.engine.config import as_pair
 from offseg_vis.errors import ConfigError, InputError
 
 
@@ -80,14 +81,6 @@ def _device(name: str):
     return torch.device(name)
 
 
-def _pair(values):
-    if values is None:
-        return None
-    if isinstance(values, int):
-        return (values, values)
-    return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
-
-
 def _split_train_args(rest: list[str], resume: bool, work_dir: str | None) -> tuple[list[str], bool, str | None]:
     """Separate ``--resume`` / ``--work-dir DIR`` given after the config from the overrides."""
     overrides = []
@@ -126,7 +119,7 @@ def _eval_command(args: argparse.Namespace) -> int:
     from offseg_vis.data.transforms import TestTransform
     from offseg_vis.engine.checkpoint import load_model
     from offseg_vis.engine.evaluate import evaluate
-    from offseg_vis.engine.train import build_dataset
+    from offseg_vis.engine.loading import build_dataset
 
     device = _device(args.device)
     model, meta = load_model(args.checkpoint, device)
@@ -153,13 +146,13 @@ def _eval_command(args: argparse.Namespace) -> int:
         model,
         dataset,
         mode=args.mode or test_cfg.get("mode", "whole"),
-        crop=_pair(args.crop) or _pair(test_cfg.get("crop_size", 512)),
-        stride=_pair(args.stride) or _pair(test_cfg.get("stride", 480)),
+        crop=as_pair(args.crop) or as_pair(test_cfg.get("crop_size", 512)),
+        stride=as_pair(args.stride) or as_pair(test_cfg.get("stride", 480)),
         batch_size=args.batch_size or int(test_cfg.get("batch_size", 1)),
         max_images=args.max_images,
         device=device,
         class_names=meta.get("class_names") or None,
-        transform=TestTransform(scale=_pair(scale)),
+        transform=TestTransform(scale=as_pair(scale)),
         progress=sys.stderr.isatty(),
     )
     print(metrics.table())
@@ -204,7 +197,7 @@ def _predict_command(args: argparse.Namespace) -> int:
         x = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].to(device)  # (1, 3, H, W)
         with torch.no_grad():
             logits = model.predict(
-                model.normalize(x), mode=args.mode, crop=_pair(args.crop), stride=_pair(args.stride)
+                model.normalize(x), mode=args.mode, crop=as_pair(args.crop), stride=as_pair(args.stride)
             )  # (1, K, H, W)
         labels = logits[0].argmax(0).cpu().numpy()
         mask = colorize(labels, palette)

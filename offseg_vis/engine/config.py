@@ -11,7 +11,7 @@ import dataclasses
 import difflib
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -405,3 +405,13 @@ def save_config(config: Config, path: str | Path) -> None:
     from offseg_vis.models.weights import atomic_write_text
 
     atomic_write_text(path, config_to_yaml(config))
+
+
+def as_pair(v: int | Sequence[int] | None) -> tuple[int, int] | None:
+    """A size from a config or the command line as (h, w): 512 -> (512, 512), [512] -> (512, 512),
+    [512, 1024] -> (512, 1024); None stays None."""
+    if v is None:
+        return None
+    if isinstance(v, int):
+        return (v, v)
+    return (int(v[0]), int(v[0])) if len(v) == 1 else (int(v[0]), int(v[1]))

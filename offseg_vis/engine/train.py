@@ -5,10 +5,9 @@
 joins the process group (nccl on GPU, gloo on CPU), reads its shard of every global batch, and only
 rank 0 writes logs and checkpoints.
 
-Recipe (spec §3.2): AdamW; parameters under ``decode_head.`` get lr x ``head_lr_mult``; parameter
-names containing "norm" or "pos_block" — and, by our choice, every parameter of a BatchNorm /
-GroupNorm / LayerNorm whatever its name — get no weight decay (biases and ``cls_repr`` keep it, as
-in the official config); linear warm-up from 1e-6 x lr, then poly decay to ``min_lr``.
+Recipe (spec §3.2): AdamW with the head at lr x ``head_lr_mult`` and no decay on norms, linear
+warm-up, poly decay (:mod:`~offseg_vis.engine.optim`). Data, samplers: :mod:`~offseg_vis.engine.loading`;
+devices, process group, AMP, logs: :mod:`~offseg_vis.engine.runtime`.
 
 Exact resume: the data order is a pure function of (seed, epoch), the augmentation of sample i a
 pure function of (seed, epoch, i), and the optimiser, scheduler, scaler and RNG states are saved, so
@@ -17,15 +16,13 @@ a resumed run continues bit for bit where the last checkpoint left it.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import random
-import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +30,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from offseg_vis.engine.checkpoint import (
     checkpoint_weights,
@@ -44,339 +41,25 @@ from offseg_vis.engine.checkpoint import (
     set_rng_state,
     state_path,
 )
-from offseg_vis.engine.config import Config, save_config
+from offseg_vis.engine.config import Config, as_pair, save_config
 from offseg_vis.engine.evaluate import SegMetrics, evaluate
+from offseg_vis.engine.loading import (
+    EpochIndexedDataset,
+    ResumableDistributedSampler,
+    batch_names,
+    build_datasets,
+)
+from offseg_vis.engine.optim import build_optimizer, build_scheduler
+from offseg_vis.engine.runtime import DistInfo, RunLogger, amp_setup, mean_across, setup_distributed
 from offseg_vis.errors import ConfigError, OffSegError
 from offseg_vis.models.weights import describe_model, load_weights
 
 log = logging.getLogger("offseg_vis.train")
 
-NORM_LAYERS = (
-    nn.modules.batchnorm._BatchNorm,
-    nn.GroupNorm,
-    nn.LayerNorm,
-    nn.modules.instancenorm._InstanceNorm,
-)
-
-
 class NonFiniteLossError(OffSegError):
     """The training loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
 
 
-# ----------------------------------------------------------------------------------------------
-# optimiser and schedule
-
-
-def param_groups(model: nn.Module, cfg) -> list[dict[str, Any]]:
-    """AdamW parameter groups: (backbone | head) x (decay | no decay).
-
-    Args:
-        model: the bare model (parameter names as in its state dict).
-        cfg: :class:`~offseg_vis.engine.config.OptimConfig`.
-
-    Returns:
-        Non-empty groups with ``lr``, ``weight_decay`` and a ``name`` for the log.
-    """
-    norm_params = set()
-    if cfg.no_decay_norm_layers:
-        for module in model.modules():
-            if isinstance(module, NORM_LAYERS):
-                norm_params.update(id(p) for p in module.parameters(recurse=False))
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        is_head = name.startswith(cfg.head_prefix)
-        no_decay = any(key in name for key in cfg.no_decay_keys) or id(param) in norm_params
-        groups.setdefault((is_head, no_decay), []).append(param)
-    result = []
-    for (is_head, no_decay), params in sorted(groups.items()):
-        result.append(
-            {
-                "params": params,
-                "lr": cfg.lr * (cfg.head_lr_mult if is_head else 1.0),
-                "weight_decay": 0.0 if no_decay else cfg.weight_decay,
-                "name": f"{'head' if is_head else 'backbone'}{'_no_decay' if no_decay else ''}",
-            }
-        )
-    return result
-
-
-def build_optimizer(model: nn.Module, cfg) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups`."""
-    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
-
-
-class WarmupPolyFactor:
-    """lr factor at optimiser step ``s`` (0-based): linear warm-up, then poly decay.
-
-    warm-up (s < W):  f = a + (1 - a) * s / W
-    after:            f = m + (1 - m) * (1 - (s - W) / (T - W)) ** p,   m = min_lr / base_lr
-
-    A plain object (not a closure) so LambdaLR can save and restore it.
-    """
-
-    def __init__(
-        self, max_iters: int, warmup_iters: int, start_factor: float, power: float, min_ratio: float
-    ):
-        self.max_iters = int(max_iters)
-        self.warmup_iters = int(warmup_iters)
-        self.start_factor = float(start_factor)
-        self.power = float(power)
-        self.min_ratio = float(min_ratio)
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_iters:
-            return self.start_factor + (1.0 - self.start_factor) * step / self.warmup_iters
-        span = max(1, self.max_iters - self.warmup_iters)
-        progress = min(1.0, (step - self.warmup_iters) / span)
-        return self.min_ratio + (1.0 - self.min_ratio) * (1.0 - progress) ** self.power
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg) -> torch.optim.lr_scheduler.LambdaLR:
-    """LambdaLR with one :class:`WarmupPolyFactor` per group; ``cfg`` is a ScheduleConfig."""
-    factors = []
-    for group in optimizer.param_groups:
-        base = group["lr"]
-        min_ratio = cfg.min_lr / base if base > 0 else 0.0
-        factors.append(
-            WarmupPolyFactor(
-                cfg.max_iters, cfg.warmup_iters, cfg.warmup_start_factor, cfg.poly_power, min_ratio
-            )
-        )
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
-
-
-# ----------------------------------------------------------------------------------------------
-# data
-
-
-class ResumableDistributedSampler(DistributedSampler):
-    """DistributedSampler that yields ``(epoch, index)`` pairs and can skip the start of an epoch.
-
-    The shuffled order is a pure function of (seed, epoch) and identical on every rank; rank r takes
-    positions r, r + world, ... so the union of the ranks' b-th batches is the b-th global batch of a
-    single process with the global batch size. ``start_index`` skips samples already consumed
-    (exact resume in the middle of an epoch). Yielding the epoch with the index lets the dataset
-    follow the epoch even inside persistent DataLoader workers.
-    """
-
-    def __init__(self, dataset, num_replicas: int, rank: int, seed: int, shuffle: bool = True):
-        super().__init__(
-            dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=True
-        )
-        self.start_index = 0
-
-    def __iter__(self):
-        epoch = self.epoch
-        for position, index in enumerate(super().__iter__()):
-            if position >= self.start_index:
-                yield (epoch, index)
-
-    def __len__(self) -> int:
-        return max(0, self.num_samples - self.start_index)
-
-
-class EpochIndexedDataset(torch.utils.data.Dataset):
-    """Wraps a TransformedDataset: item ``(epoch, i)`` -> (image (3, H, W), mask (H, W), i)."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-        self._epoch = None
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key):
-        epoch, index = key
-        if epoch != self._epoch and hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
-            self._epoch = epoch
-        image, mask = self.dataset[index][:2]
-        return image, mask, index
-
-
-def _pair(v) -> tuple[int, int] | None:
-    if v is None:
-        return None
-    if isinstance(v, int):
-        return (v, v)
-    return (int(v[0]), int(v[1]))
-
-
-def build_datasets(config: Config, train_raw=None, val_raw=None):
-    """(train TransformedDataset, raw val dataset, val transform, class names, palette)."""
-    from offseg_vis.data.transforms import TestTransform, TrainTransform, TransformedDataset
-
-    d = config.data
-    if train_raw is None:
-        train_raw = build_dataset(
-            d.dataset, root=d.root, split=d.train_split, **{**d.dataset_options, **d.train_options}
-        )
-    if val_raw is None:
-        val_raw = build_dataset(
-            d.dataset, root=d.root, split=d.val_split, **{**d.dataset_options, **d.val_options}
-        )
-    transform = TrainTransform(
-        crop_size=_pair(d.crop_size),
-        scale=_pair(d.scale),
-        ratio_range=tuple(d.ratio_range),
-        cat_max_ratio=d.cat_max_ratio,
-        flip_prob=d.flip_prob,
-        photometric=d.photometric,
-    )
-    train_ds = TransformedDataset(train_raw, transform, seed=config.runtime.seed)
-    val_transform = TestTransform(scale=_pair(config.test.scale))
-    classes = list(getattr(train_raw, "classes", None) or getattr(val_raw, "classes", None) or [])
-    palette = getattr(train_raw, "palette", None) or getattr(val_raw, "palette", None)
-    return train_ds, val_raw, val_transform, classes, palette
-
-
-def build_dataset(name: str, root=None, split: str = "train", **options):
-    """``offseg_vis.data.datasets.build_dataset``; FashionScenes also works without that module."""
-    try:
-        from offseg_vis.data.datasets import build_dataset as build
-    except ImportError:  # the real-dataset readers are optional for FashionScenes
-        build = _build_fashion_scenes
-    return build(name, root=root, split=split, **options)
-
-
-def _build_fashion_scenes(name: str, root=None, split: str = "train", **options):
-    """FashionScenes without ``offseg_vis.data.datasets`` (generator options go to its config)."""
-    from offseg_vis.data.fashion_scenes import FashionScenes, config_from_dict
-
-    if name != "fashion-scenes":
-        raise ConfigError(f"Dataset {name!r} needs offseg_vis.data.datasets, which is not available.")
-    config = options.pop("config", None)
-    if isinstance(config, dict):
-        config = config_from_dict(config)
-    return FashionScenes(split=split, root=root, config=config, **options)
-
-
-def _batch_names(dataset, indices: Sequence[int]) -> list[str]:
-    names = []
-    for i in indices:
-        try:
-            names.append(str(dataset.name(int(i))))
-        except Exception:  # a dataset without names: the index is still useful
-            names.append(f"#{int(i)}")
-    return names
-
-
-# ----------------------------------------------------------------------------------------------
-# runtime: devices, processes, logging
-
-
-@dataclass
-class DistInfo:
-    """Where this process sits: rank, world size, local rank, device."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    created_group: bool = False
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def _resolve_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                "runtime.device asks for CUDA but no CUDA device is available; use runtime.device=cpu."
-            )
-        if device.index is None:
-            device = torch.device("cuda", local_rank % torch.cuda.device_count())
-        torch.cuda.set_device(device)
-    return device
-
-
-def setup_distributed(device_name: str) -> DistInfo:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1); pick the device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = _resolve_device(device_name, local_rank)
-    created = False
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world)
-        created = True
-    if dist.is_initialized():
-        rank, world = dist.get_rank(), dist.get_world_size()
-    return DistInfo(rank, world, local_rank, device, created)
-
-
-def _amp_setup(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, use a GradScaler)."""
-    if amp not in ("auto", "bf16", "fp16", "off"):
-        raise ConfigError(f"runtime.amp must be auto, bf16, fp16 or off, got {amp!r}.")
-    if device.type != "cuda" or amp == "off":
-        return None, False
-    if amp == "auto":
-        amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return (torch.bfloat16, False) if amp == "bf16" else (torch.float16, True)
-
-
-class RunLogger:
-    """Human log (console via tqdm.write + train.log) and machine log (log.jsonl, TensorBoard).
-
-    Only the main process writes anything.
-    """
-
-    def __init__(self, work_dir: Path | None, enabled: bool, tensorboard: bool):
-        self.enabled = enabled
-        self.work_dir = work_dir
-        self.tb = None
-        if enabled and work_dir is not None and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(work_dir / "tensorboard"))
-            except Exception:  # tensorboard is optional
-                self.tb = None
-
-    def info(self, message: str) -> None:
-        if not self.enabled:
-            return
-        from tqdm.auto import tqdm
-
-        tqdm.write(message, file=sys.stderr)
-        log.info(message)
-        if self.work_dir is not None:
-            with open(self.work_dir / "train.log", "a", encoding="utf-8") as f:
-                f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + message + "\n")
-
-    def record(self, entry: dict[str, Any]) -> None:
-        if not self.enabled or self.work_dir is None:
-            return
-        entry = {"time": round(time.time(), 3), **entry}
-        with open(self.work_dir / "log.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(entry) + "\n")
-        if self.tb is not None:
-            step = entry.get("step", 0)
-            prefix = entry.get("type", "train")
-            for key, value in entry.items():
-                if isinstance(value, int | float) and key not in ("step", "time"):
-                    self.tb.add_scalar(f"{prefix}/{key}", value, step)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
-# ----------------------------------------------------------------------------------------------
-# the run
 
 
 @dataclass
@@ -540,7 +223,7 @@ def _train(config, info: DistInfo, resume, work_dir, model, train_raw, val_raw, 
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, config.optim)
     scheduler = build_scheduler(optimizer, sched)
-    amp_dtype, use_scaler = _amp_setup(rt.amp, info.device)
+    amp_dtype, use_scaler = amp_setup(rt.amp, info.device)
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
 
     identity = describe_model(model)
@@ -653,8 +336,8 @@ def _train(config, info: DistInfo, resume, work_dir, model, train_raw, val_raw, 
             raw_model,
             val_ds,
             mode=test.mode,
-            crop=_pair(test.crop_size),
-            stride=_pair(test.stride),
+            crop=as_pair(test.crop_size),
+            stride=as_pair(test.stride),
             batch_size=test.batch_size,
             max_images=test.max_images,
             device=info.device,
@@ -716,7 +399,7 @@ def _train(config, info: DistInfo, resume, work_dir, model, train_raw, val_raw, 
                 step += 1
                 steps_done_here += 1
 
-                loss_value = _mean_across(loss.detach(), info)
+                loss_value = mean_across(loss.detach(), info)
                 losses.append((step, loss_value))
                 window_loss += loss_value
                 window_n += 1
@@ -792,14 +475,6 @@ def _train(config, info: DistInfo, resume, work_dir, model, train_raw, val_raw, 
     )
 
 
-def _mean_across(value: Tensor, info: DistInfo) -> float:
-    """The loss averaged over processes (for the log; equals the global-batch loss)."""
-    if info.distributed:
-        value = value.clone()
-        dist.all_reduce(value)
-        value /= info.world_size
-    return float(value)
-
 
 def _guard_finite(
     loss: Tensor, info: DistInfo, dataset, indices: Tensor, step: int, logger: RunLogger, run_dir: Path
@@ -810,7 +485,7 @@ def _guard_finite(
         dist.all_reduce(bad, op=dist.ReduceOp.MAX)
     if bad.item() == 0.0:
         return
-    names = _batch_names(dataset, indices.tolist())
+    names = batch_names(dataset, indices.tolist())
     if info.distributed:
         gathered: list[Any] = [None] * info.world_size
         dist.all_gather_object(gathered, names)

@@ -46,7 +46,7 @@ def _logit_scale(model) -> float | None:
 def _evaluate(cfg, model):
     """Val metrics of ``model`` (used when a resumed run had already finished training)."""
     from offseg_vis.engine.evaluate import evaluate
-    from offseg_vis.engine.train import build_datasets
+    from offseg_vis.engine.loading import build_datasets
 
     _, val_raw, val_transform, classes, _ = build_datasets(cfg)
     t = cfg.test
