@@ -35,18 +35,9 @@ def environment() -> dict:
 
 def time_call(fn: Callable[[], object], warmup: int = 5, runs: int = 20, cuda: bool = False) -> dict:
     """Run ``fn`` ``warmup`` times untimed, then ``runs`` times; seconds as median / min / all."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return {"median_s": statistics.median(times), "min_s": min(times), "runs": runs, "warmup": warmup}
+    result = time_interleaved({"fn": fn}, warmup=warmup, runs=runs, cuda=cuda)["fn"]
+    result.pop("times_s")
+    return result
 
 
 def time_interleaved(

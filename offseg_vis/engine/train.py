@@ -108,7 +108,8 @@ def _resolve_work_dir(config: Config, work_dir: str | os.PathLike | None) -> Pat
     return Path("runs") / config.name
 
 
-def _build_model(config: Config) -> nn.Module:
+def model_from_config(config: Config) -> nn.Module:
+    """The model a config describes (``config.model``), freshly built."""
     from offseg_vis.models.zoo import build_model
 
     m = config.model
@@ -217,7 +218,7 @@ def _train(config, info: DistInfo, resume, work_dir, model, train_raw, val_raw, 
 
     # --- model, optimiser, schedule, AMP
     if model is None:
-        model = _build_model(config)
+        model = model_from_config(config)
     model = model.to(info.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)

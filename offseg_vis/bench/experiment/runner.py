@@ -86,9 +86,8 @@ def run_one(
 
     from offseg_vis.data.fashion_scenes import GENERATOR_VERSION
     from offseg_vis.engine.checkpoint import checkpoint_weights, git_commit, state_path
-    from offseg_vis.engine.train import train
+    from offseg_vis.engine.train import model_from_config, train
     from offseg_vis.models.weights import read_metadata
-    from offseg_vis.models.zoo import build_model
 
     cfg = run_config(base, arm, seed, budget)
     run_dir = run_dir_for(work_root, arm, seed, budget)
@@ -103,17 +102,8 @@ def run_one(
         cfg.runtime.overwrite = True  # leftovers of an attempt that never reached a checkpoint
         (run_dir / CLOCK_FILE).unlink(missing_ok=True)
 
-    m = cfg.model
     torch.manual_seed(int(seed))  # same decoder initialisation for every arm at this seed
-    model = build_model(
-        m.name,
-        num_classes=m.num_classes,
-        classifier=m.classifier,
-        pretrained=m.pretrained,
-        backbone_pretrained=m.backbone_pretrained,
-        classifier_options=dict(m.classifier_options) or None,
-        **m.options,
-    )
+    model = model_from_config(cfg)
     ckpt_every = cfg.schedule.checkpoint_interval
     start = time.perf_counter()
 
@@ -140,7 +130,7 @@ def run_one(
         "classifier": arm.spec.classifier,
         "classifier_options": dict(arm.spec.options),
         "paper": arm.spec.paper,
-        "model": m.name,
+        "model": cfg.model.name,
         "budget": budget.to_dict(),
         "budget_key": budget.key(),
         "steps": int(result.steps),
