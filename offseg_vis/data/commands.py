@@ -34,6 +34,15 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     build.add_argument(
         "--style", type=float, default=0.5, help="per-scene appearance shift in [0, 1] (default 0.5)"
     )
+    build.add_argument(
+        "--class-style",
+        type=float,
+        default=0.0,
+        help="per-scene look of each class (shared colour + stripes) in [0, 1] (default 0: off)",
+    )
+    build.add_argument(
+        "--classes-per-scene", type=int, default=0, help="draw a scene's items from this many classes (default 0: any)"
+    )
     build.add_argument("--seed", type=int, default=0, help="global seed (default 0)")
     build.add_argument("--fmnist", type=Path, default=None, help="folder with the four Fashion-MNIST files")
     build.set_defaults(func=_build_fashion_scenes)
@@ -64,7 +73,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def _build_fashion_scenes(args: argparse.Namespace) -> int:
     from offseg_vis.data.fashion_scenes import FashionScenesConfig, build_cache, default_root
 
-    config = FashionScenesConfig.for_size(args.size, style=args.style, seed=args.seed)
+    config = FashionScenesConfig.for_size(
+        args.size,
+        style=args.style,
+        seed=args.seed,
+        class_style=args.class_style,
+        classes_per_scene=args.classes_per_scene,
+    )
     out = args.out or default_root()
     for split, count in (("train", args.train), ("val", args.val)):
         if count <= 0:
