@@ -293,7 +293,8 @@ def test_table_means_stds_and_paired_differences(tmp_path):
 
     table = ex.format_table(summaries[0])
     assert "| `linear@0.5` |" in table and "52.00 ± 2.00 | — |" in table
-    assert f"+1.33 ± {100 * off.delta_std:.2f} (n=3)" in table
+    assert off.seed_deltas == [(0, pytest.approx(0.01)), (1, pytest.approx(0.03)), (2, pytest.approx(0.0))]
+    assert f"+1.33 ± {100 * off.delta_std:.2f} (n=3: +1.00, +3.00, +0.00)" in table
     assert "40.00 ± n/a | no paired linear run" in table
     assert "0.001 M" in table and "1.8 min" in table
 

@@ -7,7 +7,7 @@ import math
 import shlex
 import statistics
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from offseg_vis.bench.experiment.arms import DEFAULT_GRID, SCENES, VARIANTS, Arm
@@ -20,6 +20,7 @@ class ArmSummary:
 
     Attributes:
         delta_mean, delta_std, n_pairs: arm minus ``linear`` at the same style, per shared seed.
+        seed_deltas: those differences, seed by seed: [(seed, delta), ...].
     """
 
     arm: str
@@ -35,6 +36,7 @@ class ArmSummary:
     params: int | None
     wall_mean_s: float
     loss_mean: float | None
+    seed_deltas: list[tuple[int, float]] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -97,9 +99,10 @@ def summarise(records: Iterable[dict]) -> list[BudgetSummary]:
             baseline = arms.get(Arm("linear", style, first.get("scene", "")).id, {})
             seeds = sorted(by_seed)
             mious = [by_seed[s]["val"]["mIoU"] for s in seeds]
-            deltas = None
+            deltas, paired = None, []
             if first.get("variant") != "linear":
-                deltas = [by_seed[s]["val"]["mIoU"] - baseline[s]["val"]["mIoU"] for s in seeds if s in baseline]
+                paired = [(s, by_seed[s]["val"]["mIoU"] - baseline[s]["val"]["mIoU"]) for s in seeds if s in baseline]
+                deltas = [d for _, d in paired]
             losses = [by_seed[s]["train_loss_final"] for s in seeds if by_seed[s].get("train_loss_final") is not None]
             rows.append(
                 ArmSummary(
@@ -116,6 +119,7 @@ def summarise(records: Iterable[dict]) -> list[BudgetSummary]:
                     params=first.get("params"),
                     wall_mean_s=_mean([by_seed[s].get("wall_time_s") for s in seeds]),
                     loss_mean=_mean(losses) if losses else None,
+                    seed_deltas=paired,
                 )
             )
         all_runs = [r for by_seed in arms.values() for r in by_seed.values()]
@@ -161,7 +165,7 @@ def grid_command(budget: dict, arms: Sequence[str], seeds: Sequence[int], result
 def format_table(summary: BudgetSummary) -> str:
     """The Markdown table of one budget (val mIoU and differences in %, i.e. IoU points)."""
     lines = [
-        "| arm | classifier | seeds | val mIoU % (mean ± std) | Δ mIoU vs linear, paired (points) "
+        "| arm | classifier | seeds | val mIoU % (mean ± std) | Δ mIoU vs linear, paired, points: mean ± std (n: each seed) "
         "| val aAcc % | final train loss | params | wall time / run |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -171,7 +175,8 @@ def format_table(summary: BudgetSummary) -> str:
         elif row.delta_mean is None:
             delta = "no paired linear run"
         else:
-            delta = f"{_pm(row.delta_mean, row.delta_std or float('nan'), signed=True)} (n={row.n_pairs})"
+            each = ", ".join(f"{100 * d:+.2f}" for _, d in row.seed_deltas)
+            delta = f"{_pm(row.delta_mean, row.delta_std or float('nan'), signed=True)} (n={row.n_pairs}: {each})"
         loss = f"{row.loss_mean:.4f}" if row.loss_mean is not None else "n/a"
         params = f"{row.params / 1e6:.3f} M" if row.params else "n/a"
         lines.append(
