@@ -165,7 +165,8 @@ def grid_command(budget: dict, arms: Sequence[str], seeds: Sequence[int], result
 def format_table(summary: BudgetSummary) -> str:
     """The Markdown table of one budget (val mIoU and differences in %, i.e. IoU points)."""
     lines = [
-        "| arm | classifier | seeds | val mIoU % (mean ± std) | Δ mIoU vs linear, paired, points: mean ± std (n: each seed) "
+        "| arm | classifier | seeds | val mIoU % (mean ± std) "
+        "| Δ mIoU vs linear, paired, points: mean ± std (n: each seed) "
         "| val aAcc % | final train loss | params | wall time / run |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
