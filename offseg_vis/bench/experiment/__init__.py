@@ -4,7 +4,9 @@ The paper's claim: a per-pixel classifier fails when one class looks different f
 and learned class / feature offsets fix it. This module tests it with identical budgets:
 
 * an **arm** is a classifier variant at one scene ``style`` (the strength of FashionScenes'
-  per-scene appearance shift), written ``variant@style``, e.g. ``offset-co@0.5``;
+  per-scene appearance shift), written ``variant@style``, e.g. ``offset-co@0.5``, optionally on a
+  scene preset, ``variant@style+preset``: ``+looks`` gives every class a per-scene colour and
+  texture and repeats classes within a scene (the "lever" group: ``linear`` and ``offset`` at 0.5);
 * the **grid**: ``linear`` and ``offset`` at style 0, 0.5 and 1 (main), plus at style 0.5
   ``offset-co`` (class offsets only), ``offset-fo`` (feature offsets only) and
   ``offset-scaled-ln`` (our variant, not the paper's: a learnable logit scale after the
@@ -18,11 +20,12 @@ and learned class / feature offsets fix it. This module tests it with identical 
   and budget) are skipped, an interrupted run resumes from its last checkpoint, so the grid can be
   completed over several sittings;
 * ``--table`` turns the results file into a Markdown table (mean ± std of val mIoU per arm, paired
-  differences vs ``linear`` at the same style, parameters, wall time) and writes
-  ``docs/experiment.md``.
+  differences vs ``linear`` at the same style and preset, parameters, wall time) and writes
+  ``docs/experiment.md``; ``--analyse`` runs the misalignment analysis on finished offset arms'
+  checkpoints and writes ``docs/experiment_analysis.md``.
 
-Modules: ``arms`` (variants, scene presets, arms, groups), ``budget`` (what runs share, one run's config),
-``results`` (the JSON-lines file), ``runner`` (train + evaluate, resumable), ``table`` (the
+Modules: ``arms`` (variants, scene presets, arms, groups), ``budget`` (what runs share, one
+run's config), ``results`` (the JSON-lines file), ``runner`` (train + evaluate, resumable), ``table`` (the
 Markdown summary), ``analysis`` (the misalignment analysis of finished runs), ``cli``
 (``offseg bench experiment``).
 """
