@@ -322,3 +322,27 @@ def test_command_line_overrides_may_follow_list_options_and_table_writes_the_doc
     args = parser.parse_args(["experiment", "--table", "--results", str(results), "--doc", str(doc)])
     assert args.func(args) == 0
     assert "| `linear@0` |" in doc.read_text() and "| `linear@0` |" in capsys.readouterr().out
+
+
+def test_cli_analyse_writes_the_analysis_page(finished_grid, tmp_path, capsys):
+    _, _, _, _, root, _ = finished_grid
+    parser = argparse.ArgumentParser()
+    ex.register_experiment(parser.add_subparsers(dest="cmd"))
+    budget_args = ["--iters", "3", "--batch-size", "2", "--size", "32", "--val-scenes", "8", "--train-scenes", "8"]
+    overrides = [*TINY_OVERRIDES, f"data.root={root / 'data'}"]
+    doc = tmp_path / "analysis.md"
+    common = [*budget_args, "--seeds", "0", "--work-dir", str(root / "runs"), "--analysis-images", "2"]
+    common += ["--analysis-doc", str(doc)]
+    args = parser.parse_args(["experiment", *overrides, "--analyse", "--arms", "linear@0.5", "offset@0.5", *common])
+    assert args.func(args) == 0
+    text = doc.read_text()
+    assert "| `offset@0.5` | 0 | 2 |" in text and "`linear@0.5`" in text
+    # the page names the command that regenerates it (only the offset arm is analysed)
+    assert (
+        "`offseg bench experiment --arms offset@0.5 --seeds 0 --iters 3 --batch-size 2 --size 32 --val-scenes 8 "
+        "--train-scenes 8 " in text and "--analyse --analysis-images 2`" in text
+    )
+    assert text in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="at least one Offset Learning arm"):
+        bad = parser.parse_args(["experiment", *overrides, "--analyse", "--arms", "linear@0.5", *common])
+        bad.func(bad)

@@ -23,7 +23,7 @@ from offseg_vis.bench.experiment.budget import (
 )
 from offseg_vis.bench.experiment.results import read_results
 from offseg_vis.bench.experiment.runner import run_grid, status
-from offseg_vis.bench.experiment.table import format_doc, summarise
+from offseg_vis.bench.experiment.table import format_doc, grid_command, summarise
 from offseg_vis.errors import ConfigError
 
 
@@ -129,8 +129,6 @@ def experiment_command(args: argparse.Namespace) -> int:
 
 
 def _analyse(args: argparse.Namespace, base, budget, arms, seeds) -> int:
-    import shlex
-
     from offseg_vis.models.weights import atomic_write_text
 
     if args.analysis_images < 1:
@@ -143,10 +141,9 @@ def _analyse(args: argparse.Namespace, base, budget, arms, seeds) -> int:
         for seed in seeds:
             print(f"analysing {arm.id} vs {arm.baseline.id}, seed {seed} ...", file=sys.stderr, flush=True)
             analyses.append(analyse_arm(base, budget, arm, seed, args.work_dir, args.analysis_images))
-    command = shlex.join(
-        ["offseg", "bench", "experiment", "--analyse", "--arms", *(a.id for a in targets), "--seeds", *map(str, seeds)]
-        + ["--iters", str(budget.iters), "--analysis-images", str(args.analysis_images)]
-    )
+    # the grid's own command for these arms and budget, asked to analyse instead of train
+    command = grid_command(budget.to_dict(), [a.id for a in targets], seeds, args.results)
+    command += f" --analyse --analysis-images {args.analysis_images}"
     text = format_analysis(analyses, budget, command)
     print(text)
     atomic_write_text(args.analysis_doc, text)
