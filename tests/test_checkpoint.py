@@ -127,7 +127,7 @@ def test_training_state_errors(tmp_path, mbv2):
 def test_predict_command_writes_masks_and_overlays(tmp_path, mbv2):
     from PIL import Image
 
-    from offseg_vis.engine.commands import main
+    from offseg_vis.cli import main
 
     palette = [[0, 0, 0]] + [[20 * i, 255 - 20 * i, 7 * i] for i in range(1, 11)]
     ckpt = save_weights(mbv2, tmp_path / "w", {"palette": palette})

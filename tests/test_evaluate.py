@@ -102,7 +102,7 @@ def test_eval_command_json(tmp_path, capsys):
     """`offseg eval CKPT --json OUT` on a tiny FashionScenes val split described by the checkpoint."""
     import json
 
-    from offseg_vis.engine.commands import main
+    from offseg_vis.cli import main
     from offseg_vis.models.weights import save_weights
     from offseg_vis.models.zoo import build_model
 

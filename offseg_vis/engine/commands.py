@@ -206,21 +206,3 @@ def _predict_command(args: argparse.Namespace) -> int:
         Image.fromarray(overlay).save(out / f"{path.stem}_overlay.png")
         print(f"{path} -> {out / (path.stem + '_mask.png')}, {out / (path.stem + '_overlay.png')}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (``python -m offseg_vis.engine.commands train ...``) for use without cli.py."""
-    from offseg_vis.errors import OffSegError
-
-    parser = argparse.ArgumentParser(prog="offseg")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except OffSegError as err:
-        print(f"offseg {args.command}: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
