@@ -96,15 +96,17 @@ def analyse_arm(
     """
     from offseg_vis.analysis import correction_map, misalignment_suite, offset_effect, probe
     from offseg_vis.analysis.corrections import CODE_NAMES, total_class_counts
-    from offseg_vis.data.fashion_scenes import CLASSES, config_from_dict, generate_scene
+    from offseg_vis.data.fashion_scenes import CLASSES
     from offseg_vis.engine.checkpoint import load_model
+    from offseg_vis.engine.loading import build_datasets
 
     if arm.spec.classifier != "offset":
         raise ConfigError(f"--analyse compares an Offset Learning arm with its baseline; {arm.id} is per-pixel.")
     offset_path = _weights(work_root, arm, seed, budget)
     linear_path = _weights(work_root, arm.baseline, seed, budget)
-    generator = config_from_dict(run_config(base, arm, seed, budget).data.val_options["config"])
-    scenes = [generate_scene("val", i, generator) for i in range(n_images)]
+    # the run's own val set (the cache its evaluation read), not a second recipe for it
+    _, val_raw, _, _, _ = build_datasets(run_config(base, arm, seed, budget))
+    scenes = [val_raw[i] for i in range(min(n_images, len(val_raw)))]
     images, labels = [s[0] for s in scenes], [s[1] for s in scenes]
     offset_model, _ = load_model(offset_path)
     linear_model, _ = load_model(linear_path)
@@ -116,7 +118,7 @@ def analyse_arm(
         arm=arm.id,
         baseline=arm.baseline.id,
         seed=int(seed),
-        images=n_images,
+        images=len(scenes),
         reports=reports,
         effect=offset_effect(offset_probes),
         corrections={CODE_NAMES[code]: int(counts[:, j].sum()) for j, code in enumerate(order)},
