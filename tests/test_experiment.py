@@ -62,7 +62,15 @@ def test_arm_parsing_groups_variants_and_styles():
         "offset-co@0.5", "offset-fo@0.5", "offset-scaled-ln@0.5",
     ]  # fmt: skip
     assert len(ex.parse_arms(["main"])) == 6
-    assert [a.id for a in ex.parse_arms(["linear"])] == ["linear@0", "linear@0.5", "linear@1", "linear@0.5+looks"]
+    assert [a.id for a in ex.parse_arms(["linear"])] == [
+        "linear@0", "linear@0.5", "linear@1", "linear@0.5+looks", "linear@0.5+class-looks", "linear@0.5+cooccur",
+    ]  # fmt: skip
+    presets = {a.scene: a.scene_options for a in ex.parse_arms(["presets"])}
+    assert presets == {
+        "looks": {"class_style": 1.0, "classes_per_scene": 2},
+        "class-looks": {"class_style": 1.0, "classes_per_scene": 0},
+        "cooccur": {"class_style": 0.0, "classes_per_scene": 2},
+    }
     assert [a.id for a in ex.parse_arms(["offset-noln", "offset@1.0", "offset@1"])] == [
         "offset-noln@0.5",
         "offset@1",

@@ -14,9 +14,14 @@ ABLATION_STYLE = 0.5  # FashionScenes' default style
 # plain benchmark. "looks" is the lever the paper's setting has and plain FashionScenes lacks:
 # class-specific appearance that changes from image to image (each class gets one colour and
 # stripe texture per scene) with classes repeating within a scene (two classes per scene).
+# "looks" changes two things at once, so its two halves are presets of their own: "class-looks"
+# (per-scene class appearance only) and "cooccur" (only two classes per scene: an image-level
+# classifier can exploit which few classes are present, a mechanism the paper does not argue).
 SCENES: dict[str, dict] = {
     "": {},
     "looks": {"class_style": 1.0, "classes_per_scene": 2},
+    "class-looks": {"class_style": 1.0, "classes_per_scene": 0},
+    "cooccur": {"class_style": 0.0, "classes_per_scene": 2},
 }
 
 
@@ -114,12 +119,17 @@ MAIN_GRID = tuple(Arm(v, s) for s in MAIN_STYLES for v in ("linear", "offset"))
 ABLATION_ARMS = tuple(Arm(v, ABLATION_STYLE) for v in ("offset-co", "offset-fo", "offset-scaled-ln"))
 DEFAULT_GRID = MAIN_GRID + ABLATION_ARMS
 LEVER_ARMS = tuple(Arm(v, ABLATION_STYLE, "looks") for v in ("linear", "offset"))
-ALL_ARMS = DEFAULT_GRID + (Arm("offset-noln", ABLATION_STYLE),) + LEVER_ARMS
+# the lever and its two halves, paired (linear, offset) per preset
+PRESET_ARMS = tuple(
+    Arm(v, ABLATION_STYLE, scene) for scene in ("looks", "class-looks", "cooccur") for v in ("linear", "offset")
+)
+ALL_ARMS = DEFAULT_GRID + (Arm("offset-noln", ABLATION_STYLE),) + PRESET_ARMS
 ARM_GROUPS = {
     "grid": DEFAULT_GRID,
     "main": MAIN_GRID,
     "ablation": ABLATION_ARMS,
     "lever": LEVER_ARMS,
+    "presets": PRESET_ARMS,
     "all": ALL_ARMS,
 }
 

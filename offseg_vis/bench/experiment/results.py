@@ -14,10 +14,16 @@ from typing import Any
 from offseg_vis.bench.experiment.budget import Budget
 
 
-def run_key(arm_id: str, seed: int, budget: dict | Budget) -> str:
-    """Identity of a run in the results file."""
+def run_key(
+    arm_id: str, seed: int, budget: dict | Budget, commit: str | None = None, generator: str | None = None
+) -> str:
+    """Identity of a run in the results file: arm, seed, budget, code commit and scene generator version.
+
+    The commit and generator version belong to the identity so that both arms of a comparison are
+    always trained by the same code on the same scenes; a run made at another commit is run again.
+    """
     b = budget.to_dict() if isinstance(budget, Budget) else budget
-    return json.dumps([arm_id, int(seed), b], sort_keys=True)
+    return json.dumps([arm_id, int(seed), b, commit, generator], sort_keys=True)
 
 
 def read_results(path: str | os.PathLike) -> list[dict]:
@@ -46,7 +52,9 @@ def read_results(path: str | os.PathLike) -> list[dict]:
 
 def done_keys(records: Iterable[dict]) -> set[str]:
     """Run keys of the records."""
-    return {run_key(r["arm"], r["seed"], r["budget"]) for r in records}
+    return {
+        run_key(r["arm"], r["seed"], r["budget"], r.get("git_commit"), r.get("generator_version")) for r in records
+    }
 
 
 @contextlib.contextmanager

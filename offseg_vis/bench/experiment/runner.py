@@ -184,11 +184,15 @@ def run_grid(
     Returns:
         The records written by this call.
     """
+    from offseg_vis.data.fashion_scenes import GENERATOR_VERSION
+    from offseg_vis.engine.checkpoint import git_commit
+
     todo = plan(arms, seeds)
+    code = (git_commit(), GENERATOR_VERSION)
     written = []
     for number, (arm, seed) in enumerate(todo, 1):
         tag = f"[{number}/{len(todo)}] {arm.id} seed {seed}"
-        if run_key(arm.id, seed, budget) in done_keys(read_results(results)):
+        if run_key(arm.id, seed, budget, *code) in done_keys(read_results(results)):
             log(f"{tag}: already in {results}, skipped")
             continue
         log(f"{tag}: {budget.describe()}")
@@ -206,14 +210,16 @@ def status(
     budget: Budget, arms: Sequence[Arm], seeds: Sequence[int], results: str | os.PathLike, work_root
 ) -> list[tuple[str, int, str]]:
     """(arm id, seed, "done" | "partial (step N)" | "pending") for each planned run."""
-    from offseg_vis.engine.checkpoint import checkpoint_weights, state_path
+    from offseg_vis.data.fashion_scenes import GENERATOR_VERSION
+    from offseg_vis.engine.checkpoint import checkpoint_weights, git_commit, state_path
     from offseg_vis.models.weights import read_metadata
 
     done = done_keys(read_results(results))
+    code = (git_commit(), GENERATOR_VERSION)
     rows = []
     for arm, seed in plan(arms, seeds):
         run_dir = run_dir_for(work_root, arm, seed, budget)
-        if run_key(arm.id, seed, budget) in done:
+        if run_key(arm.id, seed, budget, *code) in done:
             state = "done"
         elif state_path(run_dir, "last").is_file():
             try:
