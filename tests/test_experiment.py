@@ -9,6 +9,8 @@ import math
 import pytest
 
 from offseg_vis.bench import experiment as ex
+from offseg_vis.bench.experiment.curve import budget_curve, format_curve
+from offseg_vis.cli import main
 from offseg_vis.errors import ConfigError
 
 # A tiny but real budget: 3 steps of batch 2 on 32 px scenes, 8 val scenes (built in a tmp folder).
@@ -302,7 +304,10 @@ def test_table_means_stds_and_paired_differences(tmp_path):
     table = ex.format_table(summaries[0])
     assert "| `linear@0.5` |" in table and "52.00 ± 2.00 | — |" in table
     assert off.seed_deltas == [(0, pytest.approx(0.01)), (1, pytest.approx(0.03)), (2, pytest.approx(0.0))]
-    assert f"+1.33 ± {100 * off.delta_std:.2f} (n=3: +1.00, +3.00, +0.00)" in table
+    # 95 % CI by hand: t(0.975, 2 df) = 4.302653 (tables), half-width = t * std / sqrt(3)
+    half = 4.302653 * off.delta_std / math.sqrt(3)
+    assert off.delta_ci == (pytest.approx(0.04 / 3 - half, abs=1e-6), pytest.approx(0.04 / 3 + half, abs=1e-6))
+    assert "+1.33 [-2.46, +5.13] (n=3: +1.00, +3.00, +0.00)" in table
     assert "40.00 ± n/a | no paired linear run" in table
     assert "0.001 M" in table and "1.8 min" in table
 
@@ -312,6 +317,35 @@ def test_table_means_stds_and_paired_differences(tmp_path):
         "offseg bench experiment --arms offset-co@0 linear@0.5 offset@0.5 --seeds 0 1 2 3 --iters 10 "
         "--batch-size 2 --size 32 --val-scenes 8 --train-scenes 8"
     ) in doc
+
+
+def test_pairs_form_only_within_one_commit_and_generator_version(tmp_path):
+    def at(rec, commit, generator="2.1"):
+        return {**rec, "git_commit": commit, "generator_version": generator}
+
+    records = [
+        at(record("linear@1", 0, 0.50), "aaa"),
+        at(record("offset@1", 0, 0.60), "bbb"),  # straddles: no partner at bbb
+        at(record("linear@1", 1, 0.40), "aaa"),
+        at(record("offset@1", 1, 0.41), "aaa"),
+        at(record("offset@1", 1, 0.45), "ccc"),  # a later commit, with its own partner below: it wins
+        at(record("linear@1", 1, 0.42), "ccc"),
+        at(record("linear@1", 2, 0.30), "ddd", "2.0"),
+        at(record("offset@1", 2, 0.35), "ddd", "2.1"),  # same commit, other generator: not paired
+    ]
+    path = tmp_path / "r.jsonl"
+    for r in records:
+        ex.append_result(path, r)
+    (summary,) = ex.summarise(ex.read_results(path))
+    off = {r.arm: r for r in summary.rows}["offset@1"]
+    assert off.seed_deltas == [(1, pytest.approx(0.03))]
+    assert off.straddling == [0, 2] and off.delta_ci is None
+    assert off.miou_mean == pytest.approx((0.60 + 0.45 + 0.35) / 3)  # seed 1 counts its paired run
+    assert "seeds 0, 2 not paired (runs at different commits)" in ex.format_table(summary)
+    # the runner's identity of a run includes both, so a straddling pair is run again
+    assert ex.run_key("offset@1", 0, records[0]["budget"], "aaa", "2.1") != ex.run_key(
+        "offset@1", 0, records[0]["budget"], "bbb", "2.1"
+    )
 
 
 def test_command_line_overrides_may_follow_list_options_and_table_writes_the_doc(tmp_path, capsys):
@@ -354,3 +388,30 @@ def test_cli_analyse_writes_the_analysis_page(finished_grid, tmp_path, capsys):
     with pytest.raises(ConfigError, match="at least one Offset Learning arm"):
         bad = parser.parse_args(["experiment", *overrides, "--analyse", "--arms", "linear@0.5", *common])
         bad.func(bad)
+
+
+def test_budget_curve_orders_budgets_by_length_and_keeps_one_setup(tmp_path, capsys):
+    base = record("linear@0.5", 0, 0)["budget"]
+    at = {n: {**base, "iters": n, "warmup_iters": n // 10} for n in (10, 30, 20)}
+    other_shape = {**base, "iters": 40, "size": 64}  # not the same set-up: left out of the curve
+    path = tmp_path / "r.jsonl"
+    for n, b in at.items():
+        for seed, (lin, off) in enumerate([(0.40, 0.40 + n / 1000), (0.50, 0.50 + n / 500)]):
+            ex.append_result(path, record("linear@0.5+looks", seed, lin, budget=b))
+            ex.append_result(path, record("offset@0.5+looks", seed, off, budget=b))
+    ex.append_result(path, record("linear@0.5+looks", 0, 0.1, budget=other_shape))
+    ex.append_result(path, record("offset@0.5+looks", 0, 0.9, budget=other_shape))
+    summaries = ex.summarise(ex.read_results(path))
+    points = budget_curve([s for s in summaries if s.budget["size"] == base["size"]], "offset@0.5+looks")
+    assert [p.iters for p in points] == [10, 20, 30]
+    # seed deltas n/1000 and n/500: mean 1.5 n / 1000
+    assert [p.delta_mean for p in points] == [pytest.approx(1.5 * n / 1000) for n in (10, 20, 30)]
+    assert "| 20 | +3.00 |" in format_curve("offset@0.5+looks", points)
+    # with the other set-up present, the curve follows the longest budget's set-up only
+    assert [p.iters for p in budget_curve(summaries, "offset@0.5+looks")] == [40]
+
+    doc, figures = tmp_path / "experiment.md", tmp_path / "figures"
+    assert main(["bench", "experiment", "--table", "--results", str(path), "--doc", str(doc),
+                 "--curve", "offset@0.5+looks"]) == 0  # fmt: skip
+    assert "## Budget curve of `offset@0.5+looks`" in doc.read_text()
+    assert (figures / "experiment_budget_offset_style0.5+looks.png").stat().st_size > 1000

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from offseg_vis.bench.experiment.analysis import (
     DEFAULT_ANALYSIS_DOC,
@@ -21,6 +22,7 @@ from offseg_vis.bench.experiment.budget import (
     DEFAULT_WORK_DIR,
     load_base,
 )
+from offseg_vis.bench.experiment.curve import budget_curve, format_curve, plot_curve
 from offseg_vis.bench.experiment.results import read_results
 from offseg_vis.bench.experiment.runner import run_grid, status
 from offseg_vis.bench.experiment.table import format_doc, grid_command, summarise
@@ -71,6 +73,13 @@ def register_experiment(bsub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--list", action="store_true", help="show each planned run as done, partial or pending")
     p.add_argument("--table", action="store_true", help="write the Markdown table of the results file; run nothing")
+    p.add_argument(
+        "--curve",
+        nargs="+",
+        action=_ListThenOverrides,
+        default=None,
+        help="with --table: add the paired Δ of these arms against the budget (iterations), with a figure",
+    )
     p.add_argument("--doc", default=DEFAULT_DOC, help=f"where --table writes the page (default {DEFAULT_DOC})")
     p.add_argument(
         "--analyse",
@@ -105,7 +114,10 @@ def experiment_command(args: argparse.Namespace) -> int:
     if args.table:
         from offseg_vis.models.weights import atomic_write_text
 
-        text = format_doc(summarise(read_results(args.results)), args.results)
+        summaries = summarise(read_results(args.results))
+        text = format_doc(summaries, args.results)
+        for arm_id in args.curve or ():
+            text += _curve_section(summaries, arm_id, args)
         print(text)
         if args.doc:
             atomic_write_text(args.doc, text)
@@ -126,6 +138,20 @@ def experiment_command(args: argparse.Namespace) -> int:
         return _analyse(args, base, budget, arms, seeds)
     run_grid(base, budget, arms, seeds, args.results, args.work_dir, args.keep_checkpoints)
     return 0
+
+
+def _curve_section(summaries, arm_id: str, args: argparse.Namespace) -> str:
+    """Markdown section (and figure beside the doc) of one arm's Δ against the budget."""
+    arm = parse_arms([arm_id])[0]
+    points = budget_curve(summaries, arm.id)
+    if not points:
+        return f"\n## Budget curve of `{arm.id}`\n\nNo paired runs of `{arm.id}` in {args.results} yet.\n"
+    figure = Path(args.doc or DEFAULT_DOC).parent / "figures" / f"experiment_budget_{arm.slug}.png"
+    plot_curve(arm.id, points, figure)
+    print(f"figure written to {figure}", file=sys.stderr)
+    return (
+        f"\n## Budget curve of `{arm.id}`\n\n![Δ vs budget](figures/{figure.name})\n\n{format_curve(arm.id, points)}\n"
+    )
 
 
 def _analyse(args: argparse.Namespace, base, budget, arms, seeds) -> int:

@@ -1,4 +1,10 @@
-"""The Markdown table of a results file: means, stds and paired differences vs linear, per budget."""
+"""The Markdown table of a results file: means, stds and paired differences vs linear, per budget.
+
+A difference is paired by seed and only between runs made by the same code: the same git commit
+and the same scene generator version. A seed whose two runs straddle commits is not paired; the
+table says how many such seeds were left out, and ``offseg bench experiment`` reruns them (the
+commit is part of a run's identity).
+"""
 
 from __future__ import annotations
 
@@ -37,10 +43,17 @@ class ArmSummary:
     wall_mean_s: float
     loss_mean: float | None
     seed_deltas: list[tuple[int, float]] = field(default_factory=list)
+    straddling: list[int] = field(default_factory=list)
 
     @property
     def n(self) -> int:
         return len(self.seeds)
+
+    @property
+    def delta_ci(self) -> tuple[float, float] | None:
+        """95 % confidence interval of the mean paired difference (t, n - 1 df); None for n < 2."""
+        deltas = [d for _, d in self.seed_deltas]
+        return t_interval(deltas)
 
 
 @dataclass
@@ -69,6 +82,46 @@ def _std(xs: Iterable[float | None]) -> float:
     return statistics.stdev(xs) if len(xs) > 1 else math.nan
 
 
+def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
+    """Two-sided ``level`` confidence interval of the mean of ``values`` (Student t, n - 1 df).
+
+    None when there are fewer than two values (no spread to estimate).
+    """
+    from scipy.stats import t as student_t
+
+    xs = _finite(values)
+    if len(xs) < 2:
+        return None
+    half = student_t.ppf(0.5 + level / 2, len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs))
+    m = statistics.fmean(xs)
+    return (m - half, m + half)
+
+
+def code_version(record: dict) -> tuple[str | None, str | None]:
+    """(git commit, scene generator version) of a run: runs pair only within one code version."""
+    return (record.get("git_commit"), record.get("generator_version"))
+
+
+def _pair(runs: list[dict], baseline_runs: list[dict]) -> tuple[dict, dict] | None:
+    """The (arm run, baseline run) made by the same code; the latest such code version wins.
+
+    Each list holds one seed's runs in file order; within one code version the first run counts.
+    """
+    base_by_code: dict = {}
+    for b in baseline_runs:
+        base_by_code.setdefault(code_version(b), b)
+    found = None
+    seen = set()
+    for r in runs:
+        code = code_version(r)
+        if code in seen:
+            continue
+        seen.add(code)
+        if code in base_by_code:
+            found = (r, base_by_code[code])
+    return found
+
+
 def _arm_order(record: dict) -> tuple:
     variants = list(VARIANTS)
     v = record["variant"] if record.get("variant") in variants else None
@@ -79,50 +132,25 @@ def _arm_order(record: dict) -> tuple:
 def summarise(records: Iterable[dict]) -> list[BudgetSummary]:
     """Group records by budget, then by arm; compute means, stds and paired differences vs linear.
 
-    A duplicate run (same arm, seed, budget) counts once (the first line wins). Records without a
-    val mIoU are left out.
+    A seed's difference pairs the arm's run with the baseline's run of the same code version
+    (:func:`code_version`); when several versions have both, the one appended last wins, and the
+    arm's mIoU at that seed is the paired run's. Otherwise the first run of the seed counts for the
+    mean. Records without a val mIoU are left out.
     """
-    groups: dict[str, dict[str, dict[int, dict]]] = {}
+    groups: dict[str, dict[str, dict[int, list[dict]]]] = {}
     budgets: dict[str, dict] = {}
     for r in records:
         if r.get("val", {}).get("mIoU") is None:
             continue
         bkey = json.dumps(r["budget"], sort_keys=True)
         budgets.setdefault(bkey, r["budget"])
-        groups.setdefault(bkey, {}).setdefault(r["arm"], {}).setdefault(int(r["seed"]), r)
+        groups.setdefault(bkey, {}).setdefault(r["arm"], {}).setdefault(int(r["seed"]), []).append(r)
     out = []
     for bkey, arms in groups.items():
         rows = []
-        for arm_id, by_seed in sorted(arms.items(), key=lambda kv: _arm_order(next(iter(kv[1].values())))):
-            first = next(iter(by_seed.values()))
-            style = float(first["style"])
-            baseline = arms.get(Arm("linear", style, first.get("scene", "")).id, {})
-            seeds = sorted(by_seed)
-            mious = [by_seed[s]["val"]["mIoU"] for s in seeds]
-            deltas, paired = None, []
-            if first.get("variant") != "linear":
-                paired = [(s, by_seed[s]["val"]["mIoU"] - baseline[s]["val"]["mIoU"]) for s in seeds if s in baseline]
-                deltas = [d for _, d in paired]
-            losses = [by_seed[s]["train_loss_final"] for s in seeds if by_seed[s].get("train_loss_final") is not None]
-            rows.append(
-                ArmSummary(
-                    arm=arm_id,
-                    variant=first.get("variant", arm_id.split("@")[0]),
-                    style=style,
-                    seeds=seeds,
-                    miou_mean=_mean(mious),
-                    miou_std=_std(mious),
-                    aacc_mean=_mean([by_seed[s]["val"].get("aAcc") for s in seeds]),
-                    delta_mean=_mean(deltas) if deltas else None,
-                    delta_std=_std(deltas) if deltas else None,
-                    n_pairs=len(deltas or []),
-                    params=first.get("params"),
-                    wall_mean_s=_mean([by_seed[s].get("wall_time_s") for s in seeds]),
-                    loss_mean=_mean(losses) if losses else None,
-                    seed_deltas=paired,
-                )
-            )
-        all_runs = [r for by_seed in arms.values() for r in by_seed.values()]
+        for arm_id, by_seed in sorted(arms.items(), key=lambda kv: _arm_order(next(iter(kv[1].values()))[0])):
+            rows.append(_summarise_arm(arm_id, by_seed, arms))
+        all_runs = [r for by_seed in arms.values() for runs in by_seed.values() for r in runs]
         machines = sorted(
             {
                 f"{r['machine'].get('cpu')}, {r['machine'].get('threads')} threads, torch {r['machine'].get('torch')}"
@@ -133,6 +161,47 @@ def summarise(records: Iterable[dict]) -> list[BudgetSummary]:
         commits = sorted({(r.get("git_commit") or "unknown")[:10] for r in all_runs})
         out.append(BudgetSummary(budgets[bkey], rows, machines, commits))
     return out
+
+
+def _summarise_arm(arm_id: str, by_seed: dict[int, list[dict]], arms: dict) -> ArmSummary:
+    first = next(iter(by_seed.values()))[0]
+    style = float(first["style"])
+    baseline = arms.get(Arm("linear", style, first.get("scene", "")).id, {})
+    seeds = sorted(by_seed)
+    chosen = {s: by_seed[s][0] for s in seeds}
+    paired: list[tuple[int, float]] = []
+    straddling: list[int] = []
+    is_linear = first.get("variant") == "linear"
+    if not is_linear:
+        for s in seeds:
+            if s not in baseline:
+                continue
+            pair = _pair(by_seed[s], baseline[s])
+            if pair is None:
+                straddling.append(s)
+                continue
+            chosen[s] = pair[0]
+            paired.append((s, pair[0]["val"]["mIoU"] - pair[1]["val"]["mIoU"]))
+    runs = [chosen[s] for s in seeds]
+    deltas = [d for _, d in paired]
+    losses = [r["train_loss_final"] for r in runs if r.get("train_loss_final") is not None]
+    return ArmSummary(
+        arm=arm_id,
+        variant=first.get("variant", arm_id.split("@")[0]),
+        style=style,
+        seeds=seeds,
+        miou_mean=_mean([r["val"]["mIoU"] for r in runs]),
+        miou_std=_std([r["val"]["mIoU"] for r in runs]),
+        aacc_mean=_mean([r["val"].get("aAcc") for r in runs]),
+        delta_mean=_mean(deltas) if deltas else None,
+        delta_std=_std(deltas) if deltas else None,
+        n_pairs=len(deltas),
+        params=first.get("params"),
+        wall_mean_s=_mean([r.get("wall_time_s") for r in runs]),
+        loss_mean=_mean(losses) if losses else None,
+        seed_deltas=paired,
+        straddling=straddling,
+    )
 
 
 def _pm(mean: float, std: float, scale: float = 100.0, signed: bool = False) -> str:
@@ -166,7 +235,7 @@ def format_table(summary: BudgetSummary) -> str:
     """The Markdown table of one budget (val mIoU and differences in %, i.e. IoU points)."""
     lines = [
         "| arm | classifier | seeds | val mIoU % (mean ± std) "
-        "| Δ mIoU vs linear, paired, points: mean ± std (n: each seed) "
+        "| Δ mIoU vs linear, paired, points: mean [95 % CI] (n: each seed) "
         "| val aAcc % | final train loss | params | wall time / run |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -177,7 +246,11 @@ def format_table(summary: BudgetSummary) -> str:
             delta = "no paired linear run"
         else:
             each = ", ".join(f"{100 * d:+.2f}" for _, d in row.seed_deltas)
-            delta = f"{_pm(row.delta_mean, row.delta_std or float('nan'), signed=True)} (n={row.n_pairs}: {each})"
+            ci = row.delta_ci
+            interval = f"[{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" if ci else "[n/a]"
+            delta = f"{100 * row.delta_mean:+.2f} {interval} (n={row.n_pairs}: {each})"
+        if row.straddling:
+            delta += f"; seeds {', '.join(map(str, row.straddling))} not paired (runs at different commits)"
         loss = f"{row.loss_mean:.4f}" if row.loss_mean is not None else "n/a"
         params = f"{row.params / 1e6:.3f} M" if row.params else "n/a"
         lines.append(
@@ -200,7 +273,9 @@ def format_doc(summaries: Sequence[BudgetSummary], results: str = DEFAULT_RESULT
         "stream, data order, augmentation and initialisation, identical for every arm; the val set is fixed "
         "per style and preset. Style 0 = no per-scene appearance shift, 1 = the strongest. mIoU and its "
         "differences are in percent (IoU points); ± is the sample standard deviation over seeds; Δ is the arm "
-        "minus `linear` at the same style, preset and seed, over the seeds both have. Arms marked "
+        "minus `linear` at the same style, preset and seed, over the seeds both have at one git commit and "
+        "generator version, with its 95 % confidence interval (Student t, n - 1 degrees of freedom). A CI "
+        "that contains 0 is no evidence of a difference. Arms marked "
         '"not the paper\'s" are our own variants.',
         "",
         "Scene presets (`variant@style+preset`): "

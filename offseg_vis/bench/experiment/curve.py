@@ -1,0 +1,99 @@
+"""Δ mIoU against the training budget: one arm's paired difference at several iteration counts."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from offseg_vis.bench.experiment.table import BudgetSummary
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """One budget of a curve. Differences are fractions of mIoU (0.01 = one IoU point).
+
+    Attributes:
+        iters: optimiser steps of the budget.
+        delta_mean: mean paired difference arm - linear.
+        ci: 95 % confidence interval (t, n - 1 df), None for n < 2.
+        seed_deltas: [(seed, delta), ...].
+    """
+
+    iters: int
+    delta_mean: float
+    ci: tuple[float, float] | None
+    seed_deltas: tuple[tuple[int, float], ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.seed_deltas)
+
+
+def _shape(budget: dict) -> tuple:
+    """Everything of a budget but its length (iterations and the warm-up that follows from them)."""
+    return tuple(sorted((k, str(v)) for k, v in budget.items() if k not in ("iters", "warmup_iters")))
+
+
+def budget_curve(summaries: Sequence[BudgetSummary], arm: str) -> list[CurvePoint]:
+    """The arm's paired Δ at every budget that differs from the others only in length, by iterations.
+
+    Budgets of another shape (batch, size, scenes, config, overrides) than the longest one that
+    holds the arm are left out, so a curve never mixes two set-ups.
+    """
+    holding = [(s, row) for s in summaries for row in s.rows if row.arm == arm and row.delta_mean is not None]
+    if not holding:
+        return []
+    shape = _shape(max(holding, key=lambda sr: sr[0].budget["iters"])[0].budget)
+    points = [
+        CurvePoint(int(s.budget["iters"]), row.delta_mean, row.delta_ci, tuple(row.seed_deltas))
+        for s, row in holding
+        if _shape(s.budget) == shape
+    ]
+    return sorted(points, key=lambda p: p.iters)
+
+
+def format_curve(arm: str, points: Sequence[CurvePoint]) -> str:
+    """Markdown table of a curve (points, i.e. percent)."""
+    lines = [
+        f"| iterations | Δ mIoU of `{arm}` vs linear, points | 95 % CI | n | each seed |",
+        "|---|---|---|---|---|",
+    ]
+    for p in points:
+        ci = f"[{100 * p.ci[0]:+.2f}, {100 * p.ci[1]:+.2f}]" if p.ci else "n/a"
+        each = ", ".join(f"{s}: {100 * d:+.2f}" for s, d in p.seed_deltas)
+        lines.append(f"| {p.iters} | {100 * p.delta_mean:+.2f} | {ci} | {p.n} | {each} |")
+    return "\n".join(lines)
+
+
+def plot_curve(arm: str, points: Sequence[CurvePoint], path: str | os.PathLike | None = None):
+    """Figure of Δ vs iterations with 95 % CIs and each seed's difference; saved to ``path`` if given."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
+    xs = [p.iters for p in points]
+    ys = [100 * p.delta_mean for p in points]
+    lo = [100 * (p.delta_mean - p.ci[0]) if p.ci else 0.0 for p in points]
+    hi = [100 * (p.ci[1] - p.delta_mean) if p.ci else 0.0 for p in points]
+    ax.axhline(0.0, color="0.5", lw=0.8)
+    ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o-", capsize=4, label="mean Δ, 95 % CI (t)")
+    for p in points:
+        ax.scatter([p.iters] * p.n, [100 * d for _, d in p.seed_deltas], s=12, color="0.35", zorder=3)
+    ax.set_xscale("log")
+    ax.set_xticks(xs, [str(x) for x in xs])
+    ax.set_xlabel("training iterations (batch 16)")
+    ax.set_ylabel("Δ val mIoU vs per-pixel (points)")
+    ax.set_title(f"{arm}: paired difference vs budget", fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    if path is not None:  # temp file + rename: a reader never sees half a PNG
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    return fig
