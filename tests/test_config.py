@@ -12,7 +12,11 @@ from offseg_vis.engine.config import (
     config_to_yaml,
     from_dict,
     load_config,
+    resolve_config,
     save_config,
+    shipped_checkpoints_dir,
+    shipped_config_names,
+    shipped_configs_dir,
     valid_keys,
 )
 from offseg_vis.errors import ConfigError
@@ -114,3 +118,34 @@ def test_paper_recipes(stem):
     expected = {"ade20k": (150, 160000, 2), "cityscapes": (19, 160000, 1), "coco-stuff": (171, 80000, 2)}
     classes, iters, batch = expected[cfg.data.dataset]
     assert (cfg.model.num_classes, cfg.schedule.max_iters, cfg.data.batch_size) == (classes, iters, batch)
+
+
+def test_shipped_recipes_resolve_by_name_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/ here: only the package data can answer
+    names = shipped_config_names()
+    # the shipped names are exactly the clone's configs/ files (configs/ links into the package)
+    assert names == sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+    assert shipped_configs_dir().resolve() == CONFIGS.resolve()
+    for spelling in ("offseg-mbv2_fashion-scenes", "offseg-mbv2_fashion-scenes.yaml",
+                     "configs/offseg-mbv2_fashion-scenes.yaml"):  # fmt: skip
+        path = resolve_config(spelling)
+        assert path.resolve() == (CONFIGS / "offseg-mbv2_fashion-scenes.yaml").resolve()
+    assert load_config("offseg-t_ade20k").name == "offseg-t_ade20k"
+    # an existing file wins over a shipped name
+    own = tmp_path / "offseg-t_ade20k.yaml"
+    own.write_text("name: mine\n")
+    assert load_config(own).name == "mine"
+
+
+def test_unknown_config_name_lists_the_shipped_names():
+    with pytest.raises(ConfigError, match="Did you mean 'offseg-mbv2_fashion-scenes'") as err:
+        resolve_config("offseg-mbv2_fashion-scene")
+    for name in shipped_config_names():
+        assert name in str(err.value)
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_config("elsewhere/offseg-t_ade20k.yaml")  # a path elsewhere never means a shipped recipe
+
+
+def test_shipped_checkpoints_dir_holds_both_checkpoints_and_cards():
+    files = sorted(p.name for p in shipped_checkpoints_dir().iterdir())
+    assert files == [f"offseg-mbv2_{c}.{ext}" for c in ("linear", "offset") for ext in ("json", "safetensors")]

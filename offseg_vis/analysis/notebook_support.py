@@ -16,10 +16,11 @@ import numpy as np
 from torch import nn
 
 from offseg_vis.analysis.cache import file_digest
+from offseg_vis.engine.config import load_config, shipped_checkpoints_dir
 from offseg_vis.errors import CheckpointError
 
 MODEL_NAME = "offseg-mbv2"
-DEFAULT_CONFIG = "offseg-mbv2_fashion-scenes.yaml"
+DEFAULT_CONFIG = "offseg-mbv2_fashion-scenes"  # a shipped recipe, resolved by name
 
 
 def fast_mode() -> bool:
@@ -79,9 +80,9 @@ def repo_root() -> Path:
 
 
 def checkpoints_dir() -> Path:
-    """``$OFFSEG_CHECKPOINTS`` or the repository's ``checkpoints/``."""
+    """``$OFFSEG_CHECKPOINTS`` or the checkpoints shipped with the package (``checkpoints/`` of a clone)."""
     env = os.environ.get("OFFSEG_CHECKPOINTS")
-    return Path(env) if env else repo_root() / "checkpoints"
+    return Path(env) if env else shipped_checkpoints_dir()
 
 
 def shipped_checkpoint(classifier: str, model_name: str = MODEL_NAME) -> Path | None:
@@ -128,9 +129,8 @@ class LoadedModel:
 def training_config(
     classifier: str, steps: int, batch_size: int, eval_images: int, work_dir: Path, num_threads: int | None = None
 ):
-    """The CPU default config (``configs/offseg-mbv2_fashion-scenes.yaml`` when present, else the same
-    recipe in code), shortened to ``steps`` and made quiet for a notebook."""
-    from offseg_vis.engine.config import Config, apply_overrides, load_config
+    """The CPU default config (the shipped recipe ``offseg-mbv2_fashion-scenes``), shortened to ``steps``
+    and made quiet for a notebook."""
 
     overrides = [
         f"model.classifier={classifier}",
@@ -149,16 +149,7 @@ def training_config(
         f"runtime.work_dir={work_dir.as_posix()}",
         f"runtime.num_threads={'null' if num_threads is None else int(num_threads)}",
     ]
-    path = repo_root() / "configs" / DEFAULT_CONFIG
-    if path.is_file():
-        return load_config(path, overrides)
-    base = Config(name="offseg-mbv2_fashion-scenes")
-    base.model.backbone_pretrained = True
-    base.data.crop_size = [128, 128]
-    base.data.ratio_range = [0.75, 1.5]
-    base.optim.lr = 1e-3
-    base.schedule.warmup_start_factor = 1e-3
-    return apply_overrides(base, overrides)
+    return load_config(DEFAULT_CONFIG, overrides)
 
 
 def train_small(

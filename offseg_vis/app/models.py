@@ -16,20 +16,19 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from offseg_vis.engine.config import shipped_checkpoints_dir
 from offseg_vis.errors import CheckpointError
 
 CHECKPOINTS_ENV = "OFFSEG_CHECKPOINTS"
 
 
 def default_checkpoint_dir() -> Path:
-    """``$OFFSEG_CHECKPOINTS``, else ``checkpoints/`` of the source checkout, else ``./checkpoints``."""
+    """``$OFFSEG_CHECKPOINTS``, else the checkpoints shipped with the package (``checkpoints/`` of a
+    clone links to them, and a wheel install carries them)."""
     env = os.environ.get(CHECKPOINTS_ENV)
     if env:
         return Path(env).expanduser()
-    repo = Path(__file__).resolve().parents[2]
-    if (repo / "pyproject.toml").is_file() and (repo / "checkpoints").is_dir():
-        return repo / "checkpoints"
-    return Path.cwd() / "checkpoints"
+    return shipped_checkpoints_dir()
 
 
 def find_checkpoints(folder: str | os.PathLike) -> list[Path]:

@@ -25,15 +25,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train from a YAML config. Overrides like optim.lr=3e-4 schedule.max_iters=200 "
         "follow the config path. Under torchrun every process runs this command.",
     )
-    p.add_argument("config", help="YAML config, e.g. configs/offseg-mbv2_fashion-scenes.yaml")
+    p.add_argument(
+        "config",
+        help="a YAML config file, or the name of a shipped recipe, e.g. offseg-mbv2_fashion-scenes "
+        "(the names are listed when one is not found)",
+    )
     # REMAINDER so overrides and --resume / --work-dir may come in any order after the config
     p.add_argument("overrides", nargs=argparse.REMAINDER, help="dotted key=value overrides, e.g. optim.lr=3e-4")
-    p.add_argument(
-        "--resume", action="store_true", help="continue the run in the work dir from its last checkpoint"
-    )
-    p.add_argument(
-        "--work-dir", default=None, help="run folder (default: runtime.work_dir or runs/<config name>)"
-    )
+    p.add_argument("--resume", action="store_true", help="continue the run in the work dir from its last checkpoint")
+    p.add_argument("--work-dir", default=None, help="run folder (default: runtime.work_dir or runs/<config name>)")
     p.set_defaults(func=_train_command)
 
     p = subparsers.add_parser("eval", help="evaluate a checkpoint: mIoU, aAcc, mAcc and a per-class table")
@@ -44,13 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fashion-scenes, ade20k, cityscapes, coco-stuff, pascal-context or folder "
         "(default: the checkpoint's training dataset)",
     )
-    p.add_argument(
-        "--root", default=None, help="dataset folder (default: the one in the checkpoint's config)"
-    )
+    p.add_argument("--root", default=None, help="dataset folder (default: the one in the checkpoint's config)")
     p.add_argument("--split", default=None, help="split to evaluate (default: the config's val split)")
-    p.add_argument(
-        "--mode", choices=["whole", "slide"], default=None, help="inference mode (default: the config's)"
-    )
+    p.add_argument("--mode", choices=["whole", "slide"], default=None, help="inference mode (default: the config's)")
     p.add_argument("--crop", type=int, nargs="+", default=None, help="slide crop size (h w or one int)")
     p.add_argument("--stride", type=int, nargs="+", default=None, help="slide stride (h w or one int)")
     p.add_argument("--batch-size", type=int, default=None, help="images per forward pass")
@@ -129,9 +125,7 @@ def _eval_command(args: argparse.Namespace) -> int:
     if not name:
         raise ConfigError("The checkpoint does not name its dataset; pass --dataset NAME --root DIR.")
     same = name == data_cfg.get("dataset")
-    options = (
-        {**(data_cfg.get("dataset_options") or {}), **(data_cfg.get("val_options") or {})} if same else {}
-    )
+    options = {**(data_cfg.get("dataset_options") or {}), **(data_cfg.get("val_options") or {})} if same else {}
     root = args.root or (data_cfg.get("root") if same else None)
     split = args.split or data_cfg.get("val_split") or "val"
     dataset = build_dataset(name, root=root, split=split, **options)

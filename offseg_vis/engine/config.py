@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.resources
+import os
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -240,9 +242,7 @@ def _unknown_key_error(key: str, candidates: Iterable[str]) -> ConfigError:
     near += [c for c in difflib.get_close_matches(leaf, candidates, n=3, cutoff=0.6) if c not in near]
     near += [c for c in candidates if c.rsplit(".", 1)[-1] == leaf and c not in near]
     hint = f" Did you mean {', '.join(repr(n) for n in near[:3])}?" if near else ""
-    return ConfigError(
-        f"Unknown config key {key!r}.{hint} Valid keys are listed in offseg_vis/engine/config.py."
-    )
+    return ConfigError(f"Unknown config key {key!r}.{hint} Valid keys are listed in offseg_vis/engine/config.py.")
 
 
 def _type_name(tp: Any) -> str:
@@ -374,16 +374,70 @@ def apply_overrides(config: Config, overrides: Iterable[str]) -> Config:
     return from_dict(tree)
 
 
-def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
-    """Read a YAML config (any subset of keys; missing ones take the defaults) and apply overrides.
+# ----------------------------------------------------------------------------------------------
+# package data: the shipped recipes and checkpoints (inside the package, so a wheel carries them)
+
+
+def _package_folder(name: str) -> Path:
+    """``offseg_vis/<name>`` as a file-system path, through importlib.resources (works for a clone,
+    an editable install and a wheel install alike; the package is never imported from a zip)."""
+    return Path(str(importlib.resources.files("offseg_vis").joinpath(name)))
+
+
+def shipped_configs_dir() -> Path:
+    """The folder of the shipped recipes (``offseg_vis/configs``; ``configs/`` of a clone links to it)."""
+    return _package_folder("configs")
+
+
+def shipped_checkpoints_dir() -> Path:
+    """The folder of the shipped checkpoints (``offseg_vis/checkpoints``; ``checkpoints/`` of a clone
+    links to it): NAME.safetensors + NAME.json model card each."""
+    return _package_folder("checkpoints")
+
+
+def shipped_config_names() -> list[str]:
+    """Names of the shipped recipes (file stems), sorted, e.g. ``offseg-mbv2_fashion-scenes``."""
+    folder = shipped_configs_dir()
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def resolve_config(name_or_path: str | os.PathLike) -> Path:
+    """A config file from a path or the name of a shipped recipe.
+
+    An existing file wins; otherwise ``name_or_path`` (with or without ``.yaml``, with or without a
+    leading ``configs/``) is looked up among the shipped recipes, so ``offseg-mbv2_fashion-scenes``
+    and ``configs/offseg-mbv2_fashion-scenes.yaml`` work from any folder and from a wheel install.
+
+    Raises:
+        ConfigError: neither a file nor a shipped name; the sentence lists the shipped names.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; pass a YAML config file or the name of a shipped recipe.")
+    name = path.name.removesuffix(".yaml").removesuffix(".yml")
+    # only a bare name or configs/NAME(.yaml) may mean a shipped recipe, not some other folder's file
+    if path.parent in (Path("."), Path("configs")):
+        candidate = shipped_configs_dir() / f"{name}.yaml"
+        if candidate.is_file():
+            return candidate
+    names = shipped_config_names()
+    listing = f"The shipped recipes are: {', '.join(names) or '(none found)'}."
+    if path.parent not in (Path("."), Path("configs")):
+        raise ConfigError(f"Config file {path} does not exist. Pass a YAML file or a shipped recipe's name. {listing}")
+    near = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    hint = f" Did you mean {near[0]!r}?" if near else ""
+    raise ConfigError(f"Config {str(name_or_path)!r} is neither a file nor a shipped recipe.{hint} {listing}")
+
+
+def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Config:
+    """Read a YAML config (a path or a shipped recipe's name, see :func:`resolve_config`; any subset
+    of keys, missing ones take the defaults) and apply overrides.
 
     The run name defaults to the file's stem.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(
-            f"Config file {path} does not exist; see the configs/ folder for the shipped recipes."
-        )
+    path = resolve_config(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from offseg_vis.bench.experiment.arms import Arm
+from offseg_vis.engine.config import resolve_config
 from offseg_vis.errors import ConfigError
 
 DEFAULT_CONFIG = "configs/offseg-mbv2_fashion-scenes.yaml"
@@ -109,18 +110,9 @@ def identity_overrides(overrides: Sequence[str]) -> tuple[str, ...]:
 
 
 def resolve_config_path(path: str | os.PathLike | None) -> Path:
-    """The base config file: ``path`` if it exists, else (for the default) the repository's copy."""
-    candidate = Path(path or DEFAULT_CONFIG)
-    if candidate.is_file():
-        return candidate
-    if path is None or str(path) == DEFAULT_CONFIG:
-        repo_copy = Path(__file__).resolve().parents[2] / DEFAULT_CONFIG
-        if repo_copy.is_file():
-            return repo_copy
-    raise ConfigError(
-        f"Experiment config {candidate} does not exist; pass --config with the CPU default recipe "
-        f"({DEFAULT_CONFIG} in the repository)."
-    )
+    """The base config file: ``path`` (a file or a shipped recipe's name), by default the CPU recipe
+    shipped with the package (:func:`offseg_vis.engine.config.resolve_config`)."""
+    return resolve_config(path or DEFAULT_CONFIG)
 
 
 def load_base(
