@@ -62,9 +62,26 @@ def test_offset_probe_fields_shapes_and_identities(offset_model):
         np.testing.assert_allclose(p.class_attention.reshape(K, -1).sum(1), 1.0, atol=1e-4)
         assert p.position_attention.shape == (h, w, K)
         np.testing.assert_allclose(p.position_attention.sum(-1), 1.0, atol=1e-4)
-        # W is the module's parameter; the coupled logits agree with E·Wᵀ after the LayerNorm.
+        # W is the module's parameter.
         w_param = offset_model.classifier.class_embed.detach().numpy()
         np.testing.assert_allclose(p.class_embed, w_param, atol=1e-7)
+    # The logits are the model's own forward; the ablation logits are LN_K(E·Wᵀ) recomputed in float64
+    # from the probe's E and W with the module's LayerNorm parameters.
+    ln = offset_model.classifier.mask_norm
+    gamma, beta = ln.weight.detach().double().numpy(), ln.bias.detach().double().numpy()
+    offset_model.eval()  # probe() runs in eval mode (BatchNorm running statistics); so must the reference
+    for group in ([0, 1], [2]):  # the two sizes of images
+        x = torch.from_numpy(np.stack([images[i] for i in group])).permute(0, 3, 1, 2)
+        with torch.no_grad():
+            direct = offset_model(offset_model.normalize(x)).numpy()  # (B, K, h, w), fused path
+        for j, i in enumerate(group):
+            p = probes[i]
+            # fused vs full path in fp32: logits are LayerNorm outputs of size ~1, sums over C = 128 terms
+            np.testing.assert_allclose(p.logits, direct[j], rtol=0, atol=2e-4)
+            a = p.features.astype(np.float64) @ p.class_embed.astype(np.float64).T  # (h, w, K)
+            z = (a - a.mean(-1, keepdims=True)) / np.sqrt(a.var(-1, keepdims=True) + ln.eps)
+            expected = (z * gamma + beta).transpose(2, 0, 1)  # (K, h, w)
+            np.testing.assert_allclose(p.logits_without_offsets, expected, rtol=0, atol=2e-4)
 
 
 def test_probe_prediction_matches_segmentor_predict(offset_model):
@@ -114,8 +131,14 @@ def test_zero_offset_projections_give_identical_before_and_after():
 def test_linear_probe_has_no_offset_fields(linear_model):
     (p,) = probe(linear_model, _images(1, seed=6))
     assert not p.is_offset_model
-    for name in ("feature_offset", "refined_features", "class_offset", "refined_class_embed",
-                 "class_attention", "position_attention"):
+    for name in (
+        "feature_offset",
+        "refined_features",
+        "class_offset",
+        "refined_class_embed",
+        "class_attention",
+        "position_attention",
+    ):
         assert getattr(p, name) is None
     np.testing.assert_array_equal(p.prediction, p.prediction_before_offsets)
     np.testing.assert_allclose(p.class_embed, linear_model.classifier.weight.detach().numpy())
@@ -147,3 +170,43 @@ def test_label_at_features_majority_vote_and_padding():
     assert (padded[2:, :] == IGNORE_INDEX).all() and padded[0, 0] == 2
     with pytest.raises(InputError, match="classes"):
         label_at_features(lab, (2, 2), num_classes=2)
+
+
+def test_need_computes_only_what_is_asked_and_values_match(offset_model):
+    images = _images(2, seed=7)
+    full = probe(offset_model, images)
+    fast = probe(offset_model, images, need={"prediction"})
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+    offset_model.eval()
+    with torch.no_grad():
+        direct = offset_model.predict(offset_model.normalize(x)).argmax(1).numpy()  # (B, H, W)
+    for f, q, d in zip(full, fast, direct):
+        np.testing.assert_array_equal(q.prediction, d)
+        np.testing.assert_array_equal(q.prediction, f.prediction)
+        assert q.computed == {"prediction"} and q.num_classes == K and q.feature_size == (16, 16)
+        assert q.is_offset_model
+        for name in ("logits", "features", "class_attention", "position_attention", "feature_offset"):
+            assert getattr(q, name) is None
+        with pytest.raises(InputError, match="without class_attention"):
+            q.require("class_attention")
+    some = probe(offset_model, images, need={"features", "class_embed"})
+    for f, q in zip(full, some):
+        np.testing.assert_array_equal(q.features, f.features)
+        np.testing.assert_array_equal(q.class_embed, f.class_embed)
+        np.testing.assert_array_equal(q.prediction, f.prediction)
+        assert q.class_attention is None and q.refined_features is None and q.logits is None
+    with pytest.raises(InputError, match="cannot compute"):
+        probe(offset_model, images, need={"attention"})
+
+
+def test_need_takes_the_fused_path_without_attention(offset_model, monkeypatch):
+    """With need ⊆ {prediction, logits} the classifier's full path (which forms the attentions) never runs."""
+    calls = []
+    original = type(offset_model.classifier).full_forward
+    monkeypatch.setattr(
+        type(offset_model.classifier), "full_forward", lambda self, x: calls.append(1) or original(self, x)
+    )
+    (q,) = probe(offset_model, _images(1, seed=8), need={"prediction", "logits"})
+    assert calls == [] and q.logits.shape == (K, 16, 16)
+    probe(offset_model, _images(1, seed=8))
+    assert calls == [1]

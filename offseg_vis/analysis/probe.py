@@ -13,7 +13,7 @@ including any padding the backbone needed; ``input_size`` and ``padded_size`` sa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,17 +26,55 @@ from offseg_vis.errors import InputError
 IGNORE_INDEX = 255
 
 
+# Everything probe() can return, by ImageProbe field name.
+OUTPUTS = (
+    "prediction",
+    "logits",
+    "prediction_before_offsets",
+    "logits_without_offsets",
+    "features",
+    "class_embed",
+    "feature_offset",
+    "refined_features",
+    "class_offset",
+    "refined_class_embed",
+    "class_attention",
+    "position_attention",
+)
+# What the model's plain forward gives (the fused Offset Learning path: no ΔE, E', attentions formed).
+FAST_OUTPUTS = frozenset({"prediction", "logits"})
+OFFSET_ONLY = frozenset(
+    {
+        "feature_offset",
+        "refined_features",
+        "class_offset",
+        "refined_class_embed",
+        "class_attention",
+        "position_attention",
+    }
+)
+
+
 @dataclass
 class ImageProbe:
-    """Everything one forward pass revealed about one image (numpy arrays, float32 unless noted).
+    """What one forward pass revealed about one image (numpy arrays, float32 unless noted).
+
+    Only the outputs the caller asked for (``probe(..., need=...)``) are filled; the others are None and
+    ``computed`` lists the filled ones. Use :meth:`require` before reading an optional field.
 
     Attributes:
         image: (H, W, 3) uint8, the input.
         label: (H, W) int64 ground truth (``IGNORE_INDEX`` = unlabelled), or None.
         prediction: (H, W) int64, argmax of the final logits upsampled to the input size.
+        num_classes: K.
+        feature_size: (h, w) of the classifier's grid.
+        is_offset_model: True when the classifier is Offset Learning.
+        input_size: (H, W) of the image.
+        padded_size: (Hp, Wp) of the canvas the backbone saw (= input_size unless it needed padding).
+        computed: the names of the filled outputs (see ``OUTPUTS``).
         prediction_before_offsets: (H, W) int64, argmax of ``logits_without_offsets`` upsampled the same
-            way: what the classifier would have said with ΔW = ΔE = 0. Equals ``prediction`` for the
-            per-pixel (linear) classifier.
+            way: what the classifier would have said with ΔW = ΔE = 0 (the "ablation: offsets switched
+            off"). Equals ``prediction`` for the per-pixel (linear) classifier.
         logits: (K, h, w) final class scores at feature resolution.
         logits_without_offsets: (K, h, w) the classifier's scores with both offsets zero.
         features: E, (h, w, C) pixel features fed to the classifier.
@@ -47,22 +85,22 @@ class ImageProbe:
         refined_class_embed: W' = W + ΔW (K, C); offset models only.
         class_attention: (K, h, w) softmax over pixels of A = E·Wᵀ (each map sums to 1); offset models only.
         position_attention: (h, w, K) softmax over classes of A (each pixel sums to 1); offset models only.
-        is_offset_model: True when the classifier is Offset Learning.
-        input_size: (H, W) of the image.
-        padded_size: (Hp, Wp) of the canvas the backbone saw (= input_size unless it needed padding).
     """
 
     image: np.ndarray
     label: np.ndarray | None
     prediction: np.ndarray
-    prediction_before_offsets: np.ndarray
-    logits: np.ndarray
-    logits_without_offsets: np.ndarray
-    features: np.ndarray
-    class_embed: np.ndarray
+    num_classes: int
+    feature_size: tuple[int, int]
     is_offset_model: bool
     input_size: tuple[int, int]
     padded_size: tuple[int, int]
+    computed: frozenset[str] = frozenset(OUTPUTS)
+    prediction_before_offsets: np.ndarray | None = None
+    logits: np.ndarray | None = None
+    logits_without_offsets: np.ndarray | None = None
+    features: np.ndarray | None = None
+    class_embed: np.ndarray | None = None
     feature_offset: np.ndarray | None = None
     refined_features: np.ndarray | None = None
     class_offset: np.ndarray | None = None
@@ -71,19 +109,33 @@ class ImageProbe:
     position_attention: np.ndarray | None = None
 
     @property
-    def num_classes(self) -> int:
-        """K."""
-        return int(self.class_embed.shape[0])
-
-    @property
-    def feature_size(self) -> tuple[int, int]:
-        """(h, w) of the classifier's grid."""
-        return (int(self.features.shape[0]), int(self.features.shape[1]))
-
-    @property
     def embed_dims(self) -> int:
         """C."""
+        self.require("features")
         return int(self.features.shape[2])
+
+    def require(self, *names: str) -> None:
+        """Raise InputError naming the outputs this probe was computed without (offset-only outputs of a
+        per-pixel model are not "missing": they do not exist; callers check ``is_offset_model``)."""
+        missing = [n for n in names if n not in self.computed]
+        if missing:
+            raise InputError(
+                f"This probe was computed without {', '.join(missing)}; call probe(model, images, "
+                f"need={{{', '.join(repr(n) for n in sorted(self.computed | set(missing)))}}}) to get them."
+            )
+
+
+def _check_need(need) -> frozenset[str]:
+    """``need`` (None = everything, or an iterable of OUTPUTS names) -> frozenset, with a sentence for typos."""
+    if need is None:
+        return frozenset(OUTPUTS)
+    if isinstance(need, str):
+        need = {need}
+    need = frozenset(need)
+    unknown = sorted(need - set(OUTPUTS))
+    if unknown:
+        raise InputError(f"probe cannot compute {', '.join(unknown)}; need= takes names among {', '.join(OUTPUTS)}.")
+    return need | {"prediction"}  # the prediction is always there (it is what every caller shows)
 
 
 def _as_hwc_uint8_list(images: Sequence[np.ndarray] | np.ndarray | Tensor) -> list[np.ndarray]:
@@ -121,9 +173,7 @@ def _check_labels(labels, images: list[np.ndarray]) -> list[np.ndarray | None]:
         return [None] * len(images)
     labels = list(labels)
     if len(labels) != len(images):
-        raise InputError(
-            f"probe got {len(images)} images but {len(labels)} labels; give one label per image."
-        )
+        raise InputError(f"probe got {len(images)} images but {len(labels)} labels; give one label per image.")
     out = []
     for i, (lab, img) in enumerate(zip(labels, images)):
         if lab is None:
@@ -131,9 +181,7 @@ def _check_labels(labels, images: list[np.ndarray]) -> list[np.ndarray | None]:
             continue
         lab = np.asarray(lab.cpu() if isinstance(lab, Tensor) else lab).astype(np.int64)
         if lab.shape != img.shape[:2]:
-            raise InputError(
-                f"Label {i} has shape {lab.shape} but its image is {img.shape[:2]}; they must match."
-            )
+            raise InputError(f"Label {i} has shape {lab.shape} but its image is {img.shape[:2]}; they must match.")
         out.append(lab)
     return out
 
@@ -171,21 +219,27 @@ def probe(
     images: Sequence[np.ndarray] | np.ndarray | Tensor,
     labels: Sequence[np.ndarray | None] | None = None,
     batch_size: int = 8,
+    need: Iterable[str] | None = None,
 ) -> list[ImageProbe]:
     """Run ``model`` (a Segmentor) on uint8 images and return one :class:`ImageProbe` per image.
 
     Args:
         model: a :class:`~offseg_vis.models.segmentor.Segmentor` (anything with ``normalize`` and
-            ``forward(x, return_intermediates=True) -> SegmentorOutput``). It is put in eval mode for the
-            call and restored afterwards.
+            ``forward(x, return_intermediates=...)``). It is put in eval mode for the call and restored
+            afterwards.
         images: list of (H, W, 3) uint8 arrays (sizes may differ), or a (B, H, W, 3) / (B, 3, H, W)
             uint8 array or tensor.
         labels: optional list of (H, W) integer masks, one per image (None entries allowed).
         batch_size: images per forward pass (equally sized images are batched together).
+        need: which outputs to compute (names in ``OUTPUTS``; None = all). ``prediction`` is always
+            included. When only ``prediction`` / ``logits`` are asked for, the model's plain forward runs
+            (Offset Learning's fused path: no attention maps, ΔE or E' are formed); otherwise the
+            intermediates are requested and only the asked-for ones are copied out.
 
     Returns:
         list of ImageProbe in the order of ``images``.
     """
+    wanted = _check_need(need)
     imgs = _as_hwc_uint8_list(images)
     labs = _check_labels(labels, imgs)
     device = _model_device(model)
@@ -196,6 +250,7 @@ def probe(
         groups.setdefault(img.shape[:2], []).append(i)
     was_training = model.training
     model.eval()
+    fast = wanted <= FAST_OUTPUTS
     try:
         with torch.inference_mode():
             for size, indices in groups.items():
@@ -203,55 +258,95 @@ def probe(
                     chunk = indices[start : start + batch_size]
                     batch = torch.from_numpy(np.stack([imgs[i] for i in chunk])).to(device)
                     batch = batch.permute(0, 3, 1, 2)  # (B, H, W, 3) -> (B, 3, H, W)
-                    out = model(model.normalize(batch), return_intermediates=True)
-                    for j, probe_ in enumerate(
-                        _split_output(model, out, size, [imgs[i] for i in chunk], [labs[i] for i in chunk])
-                    ):
+                    x = model.normalize(batch)
+                    split = _split_logits if fast else _split_output
+                    out = model(x) if fast else model(x, return_intermediates=True)
+                    chunk_imgs, chunk_labs = [imgs[i] for i in chunk], [labs[i] for i in chunk]
+                    for j, probe_ in enumerate(split(model, out, size, chunk_imgs, chunk_labs, wanted)):
                         results[chunk[j]] = probe_
     finally:
         model.train(was_training)
     return results  # type: ignore[return-value]
 
 
-def _split_output(model, out, size, images, labels) -> list[ImageProbe]:
-    """Batched SegmentorOutput -> one ImageProbe per image."""
+def _is_offset_classifier(model: nn.Module) -> bool:
+    """Offset Learning classifiers have a class-offset projection; the per-pixel one does not."""
+    classifier = getattr(model, "classifier", None)
+    return classifier is not None and hasattr(classifier, "fused_scores")
+
+
+def _split_logits(model, logits: Tensor, size, images, labels, wanted) -> list[ImageProbe]:
+    """Logits (B, K, h, w) of the plain forward -> one ImageProbe per image (prediction, logits)."""
+    padded = _padded_size(model, size)
+    b, k, h, w = logits.shape
+    pred = upsample_to_input(logits.float(), size, padded).argmax(1)  # (B, H, W)
+    is_offset = _is_offset_classifier(model)
+    return [
+        ImageProbe(
+            image=images[i],
+            label=labels[i],
+            prediction=pred[i].cpu().numpy().astype(np.int64),
+            num_classes=int(k),
+            feature_size=(int(h), int(w)),
+            is_offset_model=is_offset,
+            input_size=tuple(size),
+            padded_size=padded,
+            computed=wanted,
+            logits=_np(logits[i]) if "logits" in wanted else None,
+        )
+        for i in range(b)
+    ]
+
+
+def _split_output(model, out, size, images, labels, wanted) -> list[ImageProbe]:
+    """Batched SegmentorOutput -> one ImageProbe per image, keeping the ``wanted`` outputs only."""
     cls = out.classifier
     padded = _padded_size(model, size)
     fsize = tuple(cls.spatial_size) if cls.spatial_size is not None else tuple(out.logits.shape[-2:])
     b, k = out.logits.shape[:2]
     before = cls.logits_without_offsets.transpose(1, 2).reshape(b, k, *fsize)  # (B, N, K) -> (B, K, h, w)
     pred = upsample_to_input(out.logits.float(), size, padded).argmax(1)  # (B, H, W)
-    pred_before = upsample_to_input(before.float(), size, padded).argmax(1)  # (B, H, W)
+    pred_before = (
+        upsample_to_input(before.float(), size, padded).argmax(1)  # (B, H, W)
+        if "prediction_before_offsets" in wanted
+        else None
+    )
     is_offset = cls.feature_offset is not None
-    probes = []
-    for i in range(b):
-        w = cls.class_embed
-        probes.append(
-            ImageProbe(
-                image=images[i],
-                label=labels[i],
-                prediction=pred[i].cpu().numpy().astype(np.int64),
-                prediction_before_offsets=pred_before[i].cpu().numpy().astype(np.int64),
-                logits=_np(out.logits[i]),
-                logits_without_offsets=_np(before[i]),
-                features=_grid(cls.features[i], fsize),
-                class_embed=_np(w if w.dim() == 2 else w[i]),
-                is_offset_model=is_offset,
-                input_size=tuple(size),
-                padded_size=padded,
-                feature_offset=_grid(cls.feature_offset[i], fsize) if is_offset else None,
-                refined_features=_grid(cls.refined_features[i], fsize) if is_offset else None,
-                class_offset=_np(cls.class_offset[i]) if is_offset else None,
-                refined_class_embed=_np(cls.refined_class_embed[i]) if is_offset else None,
-                class_attention=(
-                    _grid(cls.class_attention[i], fsize).transpose(2, 0, 1)
-                    if is_offset
-                    else None  # (K, h, w)
-                ),
-                position_attention=_grid(cls.position_attention[i], fsize) if is_offset else None,
-            )
+    available = set(OUTPUTS) - {"prediction"} - (set() if is_offset else OFFSET_ONLY)
+
+    def take(name: str, i: int) -> np.ndarray:
+        """Output ``name`` of image i as numpy, converted only when asked for."""
+        if name == "prediction_before_offsets":
+            return pred_before[i].cpu().numpy().astype(np.int64)
+        if name == "logits":
+            return _np(out.logits[i])
+        if name == "logits_without_offsets":
+            return _np(before[i])
+        if name == "class_embed":
+            w = cls.class_embed
+            return _np(w if w.dim() == 2 else w[i])
+        if name == "class_offset":
+            return _np(cls.class_offset[i])
+        if name == "refined_class_embed":
+            return _np(cls.refined_class_embed[i])
+        grid = _grid(getattr(cls, name)[i], fsize)  # (N, D) -> (h, w, D)
+        return grid.transpose(2, 0, 1) if name == "class_attention" else grid  # class attention: (K, h, w)
+
+    return [
+        ImageProbe(
+            image=images[i],
+            label=labels[i],
+            prediction=pred[i].cpu().numpy().astype(np.int64),
+            num_classes=int(k),
+            feature_size=(int(fsize[0]), int(fsize[1])),
+            is_offset_model=is_offset,
+            input_size=tuple(size),
+            padded_size=padded,
+            computed=wanted,
+            **{name: take(name, i) for name in sorted(wanted & available)},
         )
-    return probes
+        for i in range(b)
+    ]
 
 
 def label_at_features(

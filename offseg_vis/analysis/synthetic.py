@@ -45,6 +45,8 @@ def make_probe(
         image=image,
         label=None if label is None else np.asarray(label, dtype=np.int64),
         prediction=after.argmax(-1) if prediction is None else np.asarray(prediction, np.int64),
+        num_classes=k,
+        feature_size=(h, wd),
         prediction_before_offsets=(
             a.argmax(-1) if prediction_before_offsets is None else np.asarray(prediction_before_offsets, np.int64)
         ),
