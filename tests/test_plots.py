@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from offseg_vis.analysis import plots
+from offseg_vis.analysis import offsets, plots
+from offseg_vis.analysis.compare import OUTCOME_COLORS, compare_to_baseline
 from offseg_vis.analysis.corrections import CODE_COLORS, FIXED, correction_map
 from offseg_vis.analysis.embedding import embed_pixels
 from offseg_vis.analysis.misalignment import misalignment, misalignment_suite
@@ -44,11 +45,16 @@ def _no_pyplot_figures():
 
 
 def _check(fig):
+    """The figure renders to RGB without pyplot (the drawn values are checked by each test)."""
     assert isinstance(fig, Figure)
     rgb = plots.figure_to_array(fig)
     assert rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.dtype == np.uint8
-    assert rgb.std() > 0  # something was drawn
     return rgb
+
+
+def _drawn(ax, n=0):
+    """The array given to the n-th imshow of ``ax``."""
+    return np.asarray(ax.images[n].get_array())
 
 
 def test_colorize_and_overlay():
@@ -66,11 +72,23 @@ def test_colorize_and_overlay():
 
 def test_prediction_overlay_legend_lists_present_classes(probes):
     p = probes[0]
-    fig = plots.plot_prediction_overlay(p.image, p.label, NAMES, PALETTE, label=p.label, title="x")
+    image = np.random.default_rng(0).integers(0, 256, (*p.label.shape, 3), dtype=np.uint8)
+    fig = plots.plot_prediction_overlay(image, p.prediction, NAMES, PALETTE, label=p.label, title="x")
     _check(fig)
     legend_texts = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend_texts == NAMES  # all three classes appear in the label
-    _check(plots.plot_segmentation_grid(probes, NAMES, PALETTE))
+    # panels: the input itself, the ground-truth overlay, the prediction overlay
+    np.testing.assert_array_equal(_drawn(fig.axes[0]), image)
+    np.testing.assert_array_equal(_drawn(fig.axes[1]), plots.overlay(image, p.label, PALETTE, 0.55))
+    np.testing.assert_array_equal(_drawn(fig.axes[2]), plots.overlay(image, p.prediction, PALETTE, 0.55))
+    # alpha = 1 overlay = the colourised mask
+    np.testing.assert_array_equal(plots.overlay(image, p.label, PALETTE, 1.0), plots.colorize(p.label, PALETTE))
+    grid = plots.plot_segmentation_grid(probes, NAMES, PALETTE)
+    _check(grid)
+    for r, q in enumerate(probes):
+        np.testing.assert_array_equal(_drawn(grid.axes[3 * r]), q.image)
+        np.testing.assert_array_equal(_drawn(grid.axes[3 * r + 1]), plots.overlay(q.image, q.label, PALETTE, 0.55))
+        np.testing.assert_array_equal(_drawn(grid.axes[3 * r + 2]), plots.overlay(q.image, q.prediction, PALETTE, 0.55))
 
 
 def test_cosine_heatmaps_follow_fig3_conventions(probes):
@@ -94,9 +112,21 @@ def test_misalignment_summary_and_offset_plots(probes):
     assert len(meshes) == 3 * 3  # 3 reports x 3 classes (the colourbar axis is not square)
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert len(labels) == 3 and labels[0].startswith("offset: before")
-    _check(plots.plot_feature_offset_magnitude(probes[0]))
-    _check(plots.plot_position_entropy(probes[0]))
-    _check(plots.plot_class_attention(probes[0], classes=[0, 2], class_names=NAMES))
+    bars = [b.get_height() for b in fig.axes[0].patches]
+    expected = [reports[name].consistency[c] for c in range(K) for name in reports]
+    np.testing.assert_allclose(sorted(bars), sorted(np.nan_to_num(expected)), atol=1e-12)
+    p = probes[0]
+    fig = plots.plot_feature_offset_magnitude(p)
+    _check(fig)
+    np.testing.assert_array_equal(_drawn(fig.axes[0]), p.image)
+    np.testing.assert_allclose(_drawn(fig.axes[1]), offsets.feature_offset_ratio(p), rtol=1e-6)
+    fig = plots.plot_position_entropy(p)
+    _check(fig)
+    np.testing.assert_allclose(_drawn(fig.axes[1]), offsets.position_entropy(p), rtol=1e-6)
+    fig = plots.plot_class_attention(p, classes=[0, 2], class_names=NAMES)
+    _check(fig)
+    np.testing.assert_allclose(_drawn(fig.axes[0], 1), p.class_attention[0], rtol=1e-6)
+    np.testing.assert_allclose(_drawn(fig.axes[1], 1), p.class_attention[2], rtol=1e-6)
     fig = plots.plot_class_offset_norms(probes, NAMES, PALETTE)
     _check(fig)
     heights = [b.get_height() for b in fig.axes[0].patches]
@@ -112,11 +142,38 @@ def test_correction_map_plot_uses_code_colours(probes):
     fig = plots.plot_correction_map(cm, probes[0].image, NAMES)
     _check(fig)
     image_axes = [ax for ax in fig.axes if ax.images]
-    drawn = image_axes[-1].images[0].get_array()
-    fixed = cm.codes == FIXED
-    if fixed.any():
-        np.testing.assert_array_equal(np.asarray(drawn)[fixed][0], CODE_COLORS[FIXED])
+    drawn = _drawn(image_axes[-1])
+    expected = np.zeros((*cm.codes.shape, 3), np.uint8)
+    for code, rgb in CODE_COLORS.items():
+        expected[cm.codes == code] = rgb
+    np.testing.assert_array_equal(drawn, expected)
+    assert "ablation: offsets switched off" in image_axes[-1].get_title()
     _check(plots.plot_correction_map(correction_map((probes[0].prediction, probes[1].prediction))))
+
+
+def test_twin_comparison_plot_shows_codes_and_class_counts():
+    label = np.array([[0, 1, 2, 2], [255, 1, 0, 0]])
+    ol_pred = np.array([[0, 1, 0, 1], [2, 2, 0, 0]])
+    twin_pred = np.array([[1, 0, 2, 0], [2, 1, 0, 0]])
+    feats = np.zeros((2, 4, C))
+    ol = make_probe(feats, np.eye(K, C), label, class_offset=np.zeros((K, C)), prediction=ol_pred)
+    twin = make_probe(feats, np.eye(K, C), label, prediction=twin_pred)
+    comp = compare_to_baseline([ol], [twin], NAMES)
+    image = np.full((2, 4, 3), 7, np.uint8)
+    fig = plots.plot_twin_comparison(comp, 0, image)
+    _check(fig)
+    np.testing.assert_array_equal(_drawn(fig.axes[0]), image)
+    expected = np.zeros((2, 4, 3), np.uint8)
+    for code, rgb in OUTCOME_COLORS.items():
+        expected[comp.codes[0] == code] = rgb
+    np.testing.assert_array_equal(_drawn(fig.axes[1]), expected)
+    # stacked bars: fixed, broken, both wrong per ground-truth class, in that order
+    widths = np.array([b.get_width() for b in fig.axes[2].patches]).reshape(3, K)
+    np.testing.assert_array_equal(widths, comp.class_counts[:, :3].T)
+    legend = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert legend[0] == "fixed (twin wrong, OL right): 2" and legend[-1] == "ignored (unlabelled): 1"
+    with pytest.raises(InputError, match="not among"):
+        plots.plot_twin_comparison(comp, 3)
 
 
 def test_joint_embedding_plot_filters_classes(probes):

@@ -1,15 +1,18 @@
-"""Look inside a trained model: probe, misalignment (paper Fig. 3), offsets, embeddings, corrections, plots.
+"""Look inside a trained model: probe, the twin comparison, misalignment (a class-centred analogue of the
+paper's Fig. 3), offsets, embeddings, the offsets-switched-off ablation, plots.
 
 Typical use::
 
-    from offseg_vis.analysis import probe, misalignment_suite, correction_map, embed_pixels, plots
+    from offseg_vis.analysis import probe, compare_to_baseline, misalignment_suite, embed_pixels, plots
     probes = probe(model, images, labels)           # one forward pass, per-image numpy arrays
+    twin = compare_to_baseline(probes, probe(linear_twin, images, labels))  # what Offset Learning changed
     reports = misalignment_suite(probes, linear_probes, class_names)
     fig = plots.plot_cosine_heatmaps(reports["offset: before (E, W)"])
 
 ``plots`` is imported lazily (matplotlib) via ``offseg_vis.analysis.plots``.
 """
 
+from offseg_vis.analysis.compare import TwinComparison, compare_predictions, compare_to_baseline
 from offseg_vis.analysis.corrections import CorrectionMap, correction_map, corrections_table, offset_effect
 from offseg_vis.analysis.embedding import (
     JointEmbedding,
@@ -33,6 +36,8 @@ __all__ = [
     "ImageProbe",
     "JointEmbedding",
     "MisalignmentReport",
+    "compare_predictions",
+    "compare_to_baseline",
     "correction_map",
     "corrections_table",
     "embed_pixels",
@@ -47,4 +52,5 @@ __all__ = [
     "probe",
     "sample_pixels",
     "summary_table",
+    "TwinComparison",
 ]

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from offseg_vis.analysis import offsets
+from offseg_vis.analysis.compare import OUTCOME_CODES, OUTCOME_COLORS, OUTCOME_LABELS, OUTCOMES, TwinComparison
 from offseg_vis.analysis.corrections import CODE_COLORS, CODE_NAMES, IGNORED, CorrectionMap
 from offseg_vis.analysis.embedding import JointEmbedding
 from offseg_vis.analysis.misalignment import MisalignmentReport
@@ -84,9 +85,7 @@ def overlay(
 
 
 def _legend_handles(classes: Sequence[int], class_names, palette) -> list[Patch]:
-    return [
-        Patch(facecolor=np.asarray(palette[c]) / 255, edgecolor="k", label=class_names[c]) for c in classes
-    ]
+    return [Patch(facecolor=np.asarray(palette[c]) / 255, edgecolor="k", label=class_names[c]) for c in classes]
 
 
 def _present(*masks, k: int, ignore_index: int = IGNORE_INDEX) -> list[int]:
@@ -147,9 +146,7 @@ def plot_segmentation_grid(
     for r, p in enumerate(probes):
         row = [("image", p.image)]
         if has_label:
-            row.append(
-                ("ground truth", overlay(p.image, p.label, pal, alpha) if p.label is not None else p.image)
-            )
+            row.append(("ground truth", overlay(p.image, p.label, pal, alpha) if p.label is not None else p.image))
         row.append(("prediction", overlay(p.image, p.prediction, pal, alpha)))
         for ax, (name, img) in zip(axes[r], row):
             ax.imshow(img)
@@ -157,16 +154,16 @@ def plot_segmentation_grid(
             if r == 0:
                 ax.set_title(name)
     present = _present(*[p.prediction for p in probes], *[p.label for p in probes], k=k)
-    fig.legend(
-        handles=_legend_handles(present, names, pal), loc="outside right center", fontsize=8, frameon=False
-    )
+    fig.legend(handles=_legend_handles(present, names, pal), loc="outside right center", fontsize=8, frameon=False)
     return fig
 
 
 def plot_correction_map(
     cmap: CorrectionMap, image: np.ndarray | None = None, class_names: Sequence[str] | None = None
 ) -> Figure:
-    """What the offsets changed: (image,) the per-pixel code map, and per-class counts of changed pixels."""
+    """Ablation, offsets switched off: the offset model with ΔW = ΔE = 0 vs with its offsets — (image,) the
+    per-pixel code map and per-class counts of changed pixels. Not a comparison with a trained baseline: for
+    that, see :func:`plot_twin_comparison`."""
     names = _names(class_names, cmap.num_classes)
     colours = np.zeros((*cmap.codes.shape, 3), dtype=np.uint8)
     for code, rgb in CODE_COLORS.items():
@@ -181,7 +178,7 @@ def plot_correction_map(
     ax = axes[n_img - 1]
     ax.imshow(colours)
     counts = cmap.counts()
-    ax.set_title("correction map")
+    ax.set_title("ablation: offsets switched off\n(ΔW = ΔE = 0 → with offsets)", fontsize=9)
     ax.axis("off")
     shown = [c for c in cmap.code_order] + ([IGNORED] if (cmap.codes == IGNORED).any() else [])
     handles = [
@@ -192,9 +189,7 @@ def plot_correction_map(
         )
         for c in shown
     ]
-    ax.legend(
-        handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), fontsize=7, frameon=False, ncol=2
-    )
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), fontsize=7, frameon=False, ncol=2)
     # Per-class counts of pixels whose class changed (UNCHANGED omitted: it dwarfs the rest).
     bar_ax = axes[-1]
     changed_codes = [c for c in cmap.code_order if CODE_NAMES[c] != "unchanged"]
@@ -212,16 +207,62 @@ def plot_correction_map(
     return fig
 
 
-def _feature_map(
-    ax, fig, values: np.ndarray, image: np.ndarray | None, cmap: str, label: str, vmin=None, vmax=None
-):
+def twin_code_colours(codes: np.ndarray) -> np.ndarray:
+    """(H, W) twin-comparison codes -> (H, W, 3) uint8 colours (``OUTCOME_COLORS``)."""
+    out = np.zeros((*codes.shape, 3), dtype=np.uint8)
+    for code, rgb in OUTCOME_COLORS.items():
+        out[codes == code] = rgb
+    return out
+
+
+def plot_twin_comparison(comparison: TwinComparison, index: int = 0, image: np.ndarray | None = None) -> Figure:
+    """What Offset Learning changed against its per-pixel twin: (image,) the outcome map of image ``index``
+    and per-ground-truth-class pixel counts of fixed / broken / both wrong summed over every compared image
+    (both right omitted: it dwarfs the rest)."""
+    if not 0 <= index < len(comparison.codes):
+        raise InputError(f"Image {index} is not among the {len(comparison.codes)} compared images.")
+    codes = comparison.codes[index]
+    n_img = 2 if image is not None else 1
+    fig = new_figure(3.3 * n_img + 4.5, 3.8)
+    axes = fig.subplots(1, n_img + 1, width_ratios=[1] * n_img + [1.4])
+    if image is not None:
+        axes[0].imshow(image)
+        axes[0].set_title("image")
+        axes[0].axis("off")
+    ax = axes[n_img - 1]
+    ax.imshow(twin_code_colours(codes))
+    ax.set_title("Offset Learning vs its per-pixel twin", fontsize=9)
+    ax.axis("off")
+    counts = comparison.image_totals(index)
+    shown = list(OUTCOME_CODES) + ([255] if (codes == 255).any() else [])
+    handles = []
+    for code in shown:
+        n = counts[OUTCOMES[OUTCOME_CODES.index(code)]] if code in OUTCOME_CODES else int((codes == code).sum())
+        handles.append(
+            Patch(facecolor=np.array(OUTCOME_COLORS[code]) / 255, edgecolor="k", label=f"{OUTCOME_LABELS[code]}: {n}")
+        )
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), fontsize=7, frameon=False)
+    table, where = comparison.class_counts, f"{len(comparison.codes)} image(s)"
+    bar_ax = axes[-1]
+    y = np.arange(comparison.num_classes)
+    left = np.zeros(comparison.num_classes)
+    for j, code in enumerate(OUTCOME_CODES[:3]):  # fixed, broken, both wrong
+        bar_ax.barh(y, table[:, j], left=left, color=np.array(OUTCOME_COLORS[code]) / 255, label=OUTCOMES[j])
+        left += table[:, j]
+    bar_ax.set_yticks(y, comparison.class_names, fontsize=8)
+    bar_ax.invert_yaxis()
+    bar_ax.set_xlabel("pixels")
+    bar_ax.set_title(f"per ground-truth class, {where}", fontsize=9)
+    bar_ax.legend(fontsize=7, frameon=False)
+    return fig
+
+
+def _feature_map(ax, fig, values: np.ndarray, image: np.ndarray | None, cmap: str, label: str, vmin=None, vmax=None):
     """Draw an (h, w) map stretched over the image's extent, with a colourbar."""
     if image is not None:
         ax.imshow(image, extent=(0, image.shape[1], image.shape[0], 0))
         extent = (0, image.shape[1], image.shape[0], 0)
-        im = ax.imshow(
-            values, cmap=cmap, alpha=0.65, extent=extent, vmin=vmin, vmax=vmax, interpolation="nearest"
-        )
+        im = ax.imshow(values, cmap=cmap, alpha=0.65, extent=extent, vmin=vmin, vmax=vmax, interpolation="nearest")
     else:
         im = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
     ax.axis("off")
@@ -276,9 +317,7 @@ def plot_class_offset_norms(
     x = np.arange(k)
     ax.bar(x, mean, color=pal / 255, edgecolor="k")
     if len(probes) > 1:
-        ax.errorbar(
-            x, mean, yerr=[mean - ratios.min(0), ratios.max(0) - mean], fmt="none", ecolor="k", capsize=3
-        )
+        ax.errorbar(x, mean, yerr=[mean - ratios.min(0), ratios.max(0) - mean], fmt="none", ecolor="k", capsize=3)
     ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("‖ΔW‖ / ‖W‖")
     ax.set_title(f"class offset magnitude ({len(probes)} image{'s' if len(probes) > 1 else ''})")
@@ -319,9 +358,7 @@ def plot_class_attention(
     return fig
 
 
-def plot_cosine_heatmaps(
-    report: MisalignmentReport, classes: Sequence[int] | None = None, ncols: int = 3
-) -> Figure:
+def plot_cosine_heatmaps(report: MisalignmentReport, classes: Sequence[int] | None = None, ncols: int = 3) -> Figure:
     """The paper's Fig. 3: per class, the images × images cosine similarity of the ideal prototypes W*_k.
 
     coolwarm, fixed to [-1, 1] with ticks every 0.25, thin white cell borders, one shared colourbar.
@@ -364,8 +401,11 @@ def plot_cosine_heatmap_comparison(
         raise InputError("plot_cosine_heatmap_comparison needs at least one report.")
     first = next(iter(reports.values()))
     if classes is None:
-        classes = [c for c in first.frequent_classes(len(first.class_names))
-                   if all(c in r.cosine_matrices for r in reports.values())][:6]
+        classes = [
+            c
+            for c in first.frequent_classes(len(first.class_names))
+            if all(c in r.cosine_matrices for r in reports.values())
+        ][:6]
     classes = list(classes)
     if not classes:
         raise InputError("No class has a cosine matrix in every report; use more labelled images.")
@@ -421,9 +461,7 @@ def plot_misalignment_summary(
         ax.set_ylabel(metric)
         ax.legend(fontsize=7, frameon=False)
     axes[-1].set_xticks(x, names, rotation=45, ha="right", fontsize=8)
-    axes[0].set_title(
-        "ideal-prototype consistency across images / alignment with the classifier's prototypes"
-    )
+    axes[0].set_title("ideal-prototype consistency across images / alignment with the classifier's prototypes")
     return fig
 
 
@@ -446,19 +484,13 @@ def plot_joint_embedding(
     if images is not None:
         keep &= np.isin(emb.image_index, np.asarray(images))
     shown_classes = sorted(set(np.unique(emb.classes[keep]).tolist())) if keep.any() else []
-    panels = [("before offsets: E", emb.before)] + (
-        [("after offsets: E'", emb.after)] if emb.after is not None else []
-    )
+    panels = [("before offsets: E", emb.before)] + ([("after offsets: E'", emb.after)] if emb.after is not None else [])
     fig = new_figure(5.2 * len(panels) + 1.8, 5.0)
     axes = np.atleast_1d(fig.subplots(1, len(panels), sharex=True, sharey=True))
     for ax, (title, xy) in zip(axes, panels):
-        ax.scatter(
-            xy[keep, 0], xy[keep, 1], c=pal[emb.classes[keep]], s=point_size, linewidths=0, rasterized=True
-        )
+        ax.scatter(xy[keep, 0], xy[keep, 1], c=pal[emb.classes[keep]], s=point_size, linewidths=0, rasterized=True)
         for c in shown_classes:
-            ax.scatter(
-                *emb.class_embed[c], marker="*", s=260, color=pal[c], edgecolors="k", linewidths=1.2, zorder=5
-            )
+            ax.scatter(*emb.class_embed[c], marker="*", s=260, color=pal[c], edgecolors="k", linewidths=1.2, zorder=5)
         ax.set_title(f"{title} ({emb.method})")
         ax.set_xticks([])
         ax.set_yticks([])
@@ -499,9 +531,7 @@ def plot_joint_embedding(
         axes[0].scatter([], [], marker="*", s=120, color="w", edgecolors="k", label="W (class embedding)"),
     ]
     if emb.after is not None:
-        handles.append(
-            axes[0].scatter([], [], marker="D", s=30, color="w", edgecolors="k", label="W' (per image)")
-        )
+        handles.append(axes[0].scatter([], [], marker="D", s=30, color="w", edgecolors="k", label="W' (per image)"))
     fig.legend(handles=handles, loc="outside right center", fontsize=8, frameon=False)
     return fig
 
