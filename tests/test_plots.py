@@ -8,7 +8,7 @@ from matplotlib.figure import Figure
 
 from offseg_vis.analysis import offsets, plots
 from offseg_vis.analysis.compare import OUTCOME_COLORS, compare_to_baseline
-from offseg_vis.analysis.corrections import CODE_COLORS, FIXED, correction_map
+from offseg_vis.analysis.corrections import CODE_COLORS, correction_map
 from offseg_vis.analysis.embedding import embed_pixels
 from offseg_vis.analysis.misalignment import misalignment, misalignment_suite
 from offseg_vis.analysis.synthetic import make_probe
