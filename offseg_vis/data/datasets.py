@@ -140,8 +140,7 @@ def _read_mask(path: Path, verify: bool = False) -> np.ndarray:
             return np.asarray(im, dtype=np.int64)
     except _DECODE_ERRORS as err:
         raise DatasetError(
-            f"The mask {path} cannot be read ({err}). It is missing, truncated or not a PNG: "
-            "download or regenerate it."
+            f"The mask {path} cannot be read ({err}). It is missing, truncated or not a PNG: download or regenerate it."
         ) from err
 
 
@@ -180,6 +179,12 @@ class SegmentationFolder(torch.utils.data.Dataset):
     classes: tuple[str, ...] = ()
     palette: tuple[tuple[int, int, int], ...] = ()
     layout: str = ""
+    # Folders the root itself holds (any one of them shows ROOT is the dataset's own folder).
+    layout_dirs: tuple[str, ...] = ()
+    # Where unpacking the official archive puts the dataset, relative to the folder unpacked into
+    # (e.g. ADEChallengeData2016): a root that holds exactly one of these instead of the layout is
+    # taken as its parent.
+    top_folders: tuple[str, ...] = ()
     ignore_index = IGNORE_INDEX
     verify_files = False  # also run Pillow's integrity check on every read (the checker sets it)
 
@@ -191,6 +196,7 @@ class SegmentationFolder(torch.utils.data.Dataset):
                 f"The {type(self).__name__} root {self.root} does not exist. Pass the folder that holds "
                 f"the dataset (expected layout: {self.layout})."
             )
+        self.root, self.note = self._enter_top_folder(self.root)
         self.samples, self.problems = self.scan()
         if strict and self.problems:
             more = f" ({len(self.problems)} problems in total)" if len(self.problems) > 1 else ""
@@ -206,9 +212,28 @@ class SegmentationFolder(torch.utils.data.Dataset):
 
     dataset_name = "folder"
 
+    @classmethod
+    def _enter_top_folder(cls, root: Path) -> tuple[Path, str | None]:
+        """``root``, or the official archive's top folder inside it -> (dataset root, one-line note or None).
+
+        A root that holds none of :attr:`layout_dirs` but exactly one of :attr:`top_folders` is the
+        folder the archive was unpacked into (e.g. ``data/ade`` holding ``ADEChallengeData2016/``).
+        """
+        if not cls.top_folders or any((root / d).is_dir() for d in cls.layout_dirs):
+            return root, None
+        found = [root / t for t in cls.top_folders if (root / t).is_dir()]
+        if len(found) != 1:
+            return root, None
+        return found[0], f"{root} holds the dataset's top folder {found[0].relative_to(root)}/: reading {found[0]}."
+
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def describe(self) -> str:
+        """One line: dataset, split, number of images and the folder they come from."""
+        inside = f" ({self.note})" if self.note else ""
+        return f"{type(self).__name__} split {self.split!r}: {len(self)} images from {self.root}{inside}"
 
     def scan(self) -> tuple[list[Sample], list[str]]:
         """List the split's pairs -> (samples, problems found while pairing)."""
@@ -274,6 +299,8 @@ class ADE20K(SegmentationFolder):
     palette = generated_palette(150)
     dataset_name = "ade20k"
     layout = "ROOT/images/{training,validation}/*.jpg and ROOT/annotations/{training,validation}/*.png"
+    layout_dirs = ("images", "annotations")
+    top_folders = ("ADEChallengeData2016",)  # what unzipping ADEChallengeData2016.zip gives
     _SPLITS = {"train": "training", "val": "validation", "training": "training", "validation": "validation"}
 
     def scan(self) -> tuple[list[Sample], list[str]]:
@@ -355,6 +382,8 @@ class PascalContext59(SegmentationFolder):
         "ROOT/JPEGImages/*.jpg, ROOT/SegmentationClassContext/*.png and "
         "ROOT/ImageSets/SegmentationContext/{train,val}.txt"
     )
+    layout_dirs = ("JPEGImages", "SegmentationClassContext", "ImageSets")
+    top_folders = ("VOCdevkit/VOC2010", "VOC2010")  # the VOC2010 archive unpacks to VOCdevkit/VOC2010
 
     def scan(self) -> tuple[list[Sample], list[str]]:
         split_file = self.root / "ImageSets" / "SegmentationContext" / f"{self.split}.txt"
@@ -375,9 +404,7 @@ class PascalContext59(SegmentationFolder):
             )
             mask = self.root / "SegmentationClassContext" / f"{stem}.png"
             if image is None:
-                problems.append(
-                    f"Missing image for {stem} listed in {split_file}: expected JPEGImages/{stem}.jpg"
-                )
+                problems.append(f"Missing image for {stem} listed in {split_file}: expected JPEGImages/{stem}.jpg")
             elif not mask.is_file():
                 problems.append(f"Missing mask for image {image}: expected {mask}")
             else:
@@ -411,9 +438,7 @@ class FolderDataset(SegmentationFolder):
             if line.strip() and not line.lstrip().startswith("#")
         ]
         if not names:
-            raise DatasetError(
-                f"{classes_file} lists no class names; write one name per line (line 1 = label 0)."
-            )
+            raise DatasetError(f"{classes_file} lists no class names; write one name per line (line 1 = label 0).")
         if len(names) > 255:
             raise DatasetError(f"{classes_file} lists {len(names)} classes; at most 255 fit in 8-bit masks.")
         self.classes = tuple(names)
@@ -437,9 +462,7 @@ def _split_folder(splits: dict[str, str], split: str, dataset: str) -> str:
 # ----------------------------------------------------------------------------- converters on disk
 
 
-def convert_cityscapes(
-    root: str | Path, splits: tuple[str, ...] = ("train", "val"), progress: bool = True
-) -> int:
+def convert_cityscapes(root: str | Path, splits: tuple[str, ...] = ("train", "val"), progress: bool = True) -> int:
     """Write ``*_gtFine_labelTrainIds.png`` beside every ``*_gtFine_labelIds.png``; returns the count."""
     from tqdm.auto import tqdm
 
@@ -447,9 +470,7 @@ def convert_cityscapes(
     for split in splits:
         files += sorted((Path(root) / "gtFine" / split).rglob("*_gtFine_labelIds.png"))
     if not files:
-        raise DatasetError(
-            f"No *_gtFine_labelIds.png found under {Path(root) / 'gtFine'}; is this a Cityscapes root?"
-        )
+        raise DatasetError(f"No *_gtFine_labelIds.png found under {Path(root) / 'gtFine'}; is this a Cityscapes root?")
     for path in tqdm(files, desc="Cityscapes labelIds -> trainIds", disable=not progress):
         target = path.with_name(path.name.replace("_gtFine_labelIds.png", "_gtFine_labelTrainIds.png"))
         _write_png_atomic(cityscapes_label_ids_to_train_ids(_read_mask(path)), target)
@@ -563,6 +584,7 @@ class CheckReport:
     histogram: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     ignored: int = 0
     problems: list[str] = field(default_factory=list)
+    note: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -576,7 +598,8 @@ class CheckReport:
         """Readable summary: counts, classes present, label histogram (share of labelled pixels)."""
         labelled = int(self.histogram.sum())
         total = labelled + self.ignored
-        lines = [
+        lines = [self.note] if self.note else []
+        lines += [
             f"{self.dataset} split {self.split!r} at {self.root}",
             f"  images checked: {self.num_images}",
             f"  classes present: {len(self.classes_present)} of {len(self.classes)}",
@@ -617,7 +640,7 @@ def check_dataset(
         return CheckReport(key, str(root), split, (), problems=[str(err)])
     report = CheckReport(
         key, str(getattr(dataset, "root", root)), split, tuple(dataset.classes),
-        histogram=np.zeros(len(dataset.classes), dtype=np.int64),
+        histogram=np.zeros(len(dataset.classes), dtype=np.int64), note=getattr(dataset, "note", None),
     )  # fmt: skip
     report.problems.extend(getattr(dataset, "problems", []))
     if len(dataset) == 0:

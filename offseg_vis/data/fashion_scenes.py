@@ -55,6 +55,7 @@ __all__ = [
     "generate_scene_with_info",
     "build_cache",
     "default_root",
+    "stored_sets",
     "find_fashion_mnist",
 ]
 
@@ -137,9 +138,7 @@ class FashionScenesConfig:
         if self.seed < 0:
             problems.append(f"seed must be >= 0 (got {self.seed})")
         if not 0 <= self.classes_per_scene <= len(FMNIST_CLASSES):
-            problems.append(
-                f"classes_per_scene must lie in [0, {len(FMNIST_CLASSES)}] (got {self.classes_per_scene})"
-            )
+            problems.append(f"classes_per_scene must lie in [0, {len(FMNIST_CLASSES)}] (got {self.classes_per_scene})")
         if problems:
             raise ConfigError("Invalid FashionScenes parameters: " + "; ".join(problems) + ".")
 
@@ -468,6 +467,36 @@ def _read_manifest(folder: Path) -> dict | None:
         return None
 
 
+def stored_sets(root: str | Path, split: str | None = None) -> list[Path]:
+    """The stored FashionScenes sets under ``root``: ``root`` itself when it holds a ``manifest.json``,
+    else each sub-folder that does (``val``, ``val-<key>``, ...), optionally only those of ``split``.
+
+    Returns the folders sorted by name (hidden folders, i.e. builds in progress, are skipped).
+    """
+    root = Path(root)
+    if (root / "manifest.json").is_file():
+        return [root]
+    if not root.is_dir():
+        return []
+    found = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        manifest = _read_manifest(folder)
+        if manifest is None or manifest.get("dataset") != "FashionScenes":
+            continue
+        if split is None or manifest.get("split") == split:
+            found.append(folder)
+    return found
+
+
+def describe_parameters(config: FashionScenesConfig) -> str:
+    """The generator parameters in one phrase: seed, size and style always, every other parameter
+    that differs from its default for that size."""
+    defaults = asdict(FashionScenesConfig.for_size(config.size))
+    shown = {"seed": config.seed, "size": config.size, "style": config.style}
+    shown.update({k: v for k, v in asdict(config).items() if k not in shown and v != defaults[k]})
+    return ", ".join(f"{k} {v}" for k, v in shown.items())
+
+
 def _cache_usable(manifest: dict | None, config: FashionScenesConfig, length: int) -> bool:
     return (
         manifest is not None
@@ -531,9 +560,7 @@ def build_cache(
             "size": [config.size, config.size],
             "classes": list(CLASSES),
             "palette": [list(c) for c in PALETTE],
-            "class_pixel_share": {
-                c: round(float(p) / float(pixels.sum()), 6) for c, p in zip(CLASSES, pixels)
-            },
+            "class_pixel_share": {c: round(float(p) / float(pixels.sum()), 6) for c, p in zip(CLASSES, pixels)},
             "items_per_class": {c: int(n) for c, n in zip(CLASSES[1:], items_per_class[1:])},
             "items": int(len(visible)),
             "items_dropped": dropped,
@@ -608,6 +635,7 @@ class FashionScenes(torch.utils.data.Dataset):
         self.stream = (split == "train") if stream is None else bool(stream)
         self.fmnist = fmnist
         self.epoch = 0
+        self.generator_version = GENERATOR_VERSION
         self.root = Path(root) if root is not None else default_root()
         load_fashion_mnist(FMNIST_SPLIT[split], fmnist)  # fail early with a clear message
         self.folder: Path | None = None
@@ -615,6 +643,47 @@ class FashionScenes(torch.utils.data.Dataset):
             self.folder = split_dir(self.root, split, self.config)
             if not _cache_usable(_read_manifest(self.folder), self.config, self.length):
                 build_cache(self.root, split, self.length, self.config, fmnist, progress, overwrite=False)
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, length: int | None = None) -> FashionScenes:
+        """The scenes stored in ``folder`` (written by ``offseg data fashion-scenes`` or a cache), as
+        its ``manifest.json`` describes them (split, generator parameters, count): nothing is generated
+        or rebuilt, so this reads exactly the files that are there.
+
+        Args:
+            folder: a split folder holding ``manifest.json``, ``images/`` and ``masks/``.
+            length: use the first ``length`` scenes (default: all the manifest counts).
+
+        Raises:
+            DatasetError: no readable manifest, or fewer scenes than ``length``.
+        """
+        folder = Path(folder)
+        manifest = _read_manifest(folder)
+        if manifest is None or manifest.get("dataset") != "FashionScenes":
+            raise DatasetError(
+                f"{folder} holds no readable FashionScenes manifest.json; point at a folder written by "
+                "`offseg data fashion-scenes --out DIR` (DIR/val or DIR/val-<key>)."
+            )
+        count = int(manifest.get("count", 0))
+        length = count if length is None else int(length)
+        if not 1 <= length <= count:
+            raise DatasetError(f"{folder} stores {count} scenes; cannot read {length} of them.")
+        split = manifest.get("split")
+        _check_split(split)
+        self = cls.__new__(cls)
+        self.split, self.length, self.stream, self.fmnist, self.epoch = split, length, False, None, 0
+        self.config = config_from_dict(manifest.get("config", {}))
+        self.generator_version = str(manifest.get("generator_version"))
+        self.root, self.folder = folder.parent, folder
+        return self
+
+    def describe(self) -> str:
+        """One line: split, number of scenes, where they come from and the generator's parameters."""
+        where = "streamed (generated on the fly)" if self.stream else f"from {self.folder}"
+        return (
+            f"FashionScenes {self.split}: {self.length} scenes {where}; generator {self.generator_version}, "
+            f"{describe_parameters(self.config)}"
+        )
 
     classes = CLASSES
     palette = PALETTE

@@ -9,12 +9,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from offseg_vis.engine.config import as_pair
+from offseg_vis.data.datasets import canonical_name
+from offseg_vis.engine.config import Config, DataConfig, as_pair, from_dict
+from offseg_vis.engine.run import datasets_for, evaluate_split
 from offseg_vis.errors import ConfigError, InputError
+from offseg_vis.models.weights import atomic_write_text
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,7 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fashion-scenes, ade20k, cityscapes, coco-stuff, pascal-context or folder "
         "(default: the checkpoint's training dataset)",
     )
-    p.add_argument("--root", default=None, help="dataset folder (default: the one in the checkpoint's config)")
+    p.add_argument(
+        "--root",
+        default=None,
+        help="dataset folder; for fashion-scenes the one stored set of the split in it (or that set's own "
+        "folder), read with its manifest's seed and parameters (default: the checkpoint's own val set)",
+    )
     p.add_argument("--split", default=None, help="split to evaluate (default: the config's val split)")
     p.add_argument("--mode", choices=["whole", "slide"], default=None, help="inference mode (default: the config's)")
     p.add_argument("--crop", type=int, nargs="+", default=None, help="slide crop size (h w or one int)")
@@ -111,49 +120,66 @@ def _train_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def checkpoint_config(meta: dict, dataset: str | None = None) -> Config:
+    """The run config a checkpoint carries (defaults when it carries none), pointed at ``dataset``.
+
+    A dataset other than the checkpoint's own starts from that dataset's defaults (the run's
+    dataset options belong to its own data).
+
+    Raises:
+        ConfigError: neither the checkpoint nor ``dataset`` names a dataset.
+    """
+    stored = meta.get("config")
+    cfg = from_dict(stored) if stored else Config()
+    own = cfg.data.dataset if stored else meta.get("dataset")
+    name = dataset or own
+    if not name:
+        raise ConfigError("The checkpoint does not name its dataset; pass --dataset NAME --root DIR.")
+    if not stored or canonical_name(name) != canonical_name(cfg.data.dataset):
+        cfg.data = DataConfig(dataset=name)
+    return cfg
+
+
 def _eval_command(args: argparse.Namespace) -> int:
-    from offseg_vis.data.transforms import TestTransform
     from offseg_vis.engine.checkpoint import load_model
-    from offseg_vis.engine.evaluate import evaluate
-    from offseg_vis.engine.loading import build_dataset
 
     device = _device(args.device)
     model, meta = load_model(args.checkpoint, device)
-    cfg = meta.get("config") or {}
-    data_cfg, test_cfg = cfg.get("data") or {}, cfg.get("test") or {}
-    name = args.dataset or meta.get("dataset") or data_cfg.get("dataset")
-    if not name:
-        raise ConfigError("The checkpoint does not name its dataset; pass --dataset NAME --root DIR.")
-    same = name == data_cfg.get("dataset")
-    options = {**(data_cfg.get("dataset_options") or {}), **(data_cfg.get("val_options") or {})} if same else {}
-    root = args.root or (data_cfg.get("root") if same else None)
-    split = args.split or data_cfg.get("val_split") or "val"
-    dataset = build_dataset(name, root=root, split=split, **options)
-    num_classes = len(getattr(dataset, "classes", []) or []) or model.num_classes
+    cfg = checkpoint_config(meta, args.dataset)
+    if args.split:
+        cfg.data.val_split = args.split
+    # --root: the data stored there (FashionScenes: the one set of the split, read by its manifest)
+    val = datasets_for(cfg, "val", stored_root=args.root)
+    num_classes = len(val.classes) or model.num_classes
     if num_classes != model.num_classes:
         raise ConfigError(
-            f"The dataset {name!r} has {num_classes} classes but the checkpoint's model predicts "
+            f"The dataset {cfg.data.dataset!r} has {num_classes} classes but the checkpoint's model predicts "
             f"{model.num_classes}; evaluate on the dataset the model was trained for."
         )
-    scale = test_cfg.get("scale")
-    metrics = evaluate(
+    t = cfg.test
+    test = replace(
+        t,
+        mode=args.mode or t.mode,
+        crop_size=args.crop or t.crop_size,
+        stride=args.stride or t.stride,
+        batch_size=args.batch_size or t.batch_size,
+    )
+    count = len(val.dataset) if args.max_images is None else min(args.max_images, len(val.dataset))
+    print(f"evaluating {args.checkpoint} on {count} images of {val.describe()}", flush=True)
+    metrics = evaluate_split(
         model,
-        dataset,
-        mode=args.mode or test_cfg.get("mode", "whole"),
-        crop=as_pair(args.crop) or as_pair(test_cfg.get("crop_size", 512)),
-        stride=as_pair(args.stride) or as_pair(test_cfg.get("stride", 480)),
-        batch_size=args.batch_size or int(test_cfg.get("batch_size", 1)),
+        val,
+        test,
+        class_names=meta.get("class_names") or None,
         max_images=args.max_images,
         device=device,
-        class_names=meta.get("class_names") or None,
-        transform=TestTransform(scale=as_pair(scale)),
         progress=sys.stderr.isatty(),
     )
     print(metrics.table())
     if args.json:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(metrics.to_dict(), indent=2) + "\n", encoding="utf-8")
+        atomic_write_text(out, json.dumps(metrics.to_dict(), indent=2) + "\n")
         print(f"metrics written to {out}")
     return 0
 

@@ -8,13 +8,15 @@ steps, wall time and machine, data generator version and seed, val mIoU / aAcc /
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from offseg_vis.bench.model_cost import count_gmacs, count_parameters
 from offseg_vis.bench.timing import environment
 from offseg_vis.engine.checkpoint import git_commit, load_model
-from offseg_vis.engine.evaluate import evaluate
+from offseg_vis.engine.config import from_dict
+from offseg_vis.engine.run import datasets_for, evaluate_split
 from offseg_vis.errors import CheckpointError
 from offseg_vis.models.weights import save_weights
 
@@ -52,6 +54,7 @@ def export_checkpoint(
     command: str,
     val_dataset: Any = None,
     gmacs_size: int = 512,
+    report: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``weights`` on its val split and write ``dst.safetensors`` (float16) + ``dst.json``.
 
@@ -59,7 +62,9 @@ def export_checkpoint(
         weights: a run's ``best.safetensors`` / ``last.safetensors``.
         dst: output path without suffix, e.g. ``checkpoints/offseg-mbv2_offset``.
         command: the command that reproduces the run (written into the card).
-        val_dataset: override the val dataset (default: built from the run's config).
+        val_dataset: override the raw val dataset (default: the run config's val split); it is
+            scored with the config's test transform and protocol either way.
+        report: called with one line naming the val set that was scored (e.g. ``print``).
 
     Returns:
         the model card.
@@ -69,26 +74,12 @@ def export_checkpoint(
     config = meta.get("config")
     if not config:
         raise CheckpointError(f"{weights} has no training config in its metadata; export needs a run checkpoint.")
-    if val_dataset is None:
-        from offseg_vis.data.datasets import build_dataset
-
-        data = config["data"]
-        val_dataset = build_dataset(
-            data["dataset"],
-            root=data.get("root"),
-            split=data.get("val_split", "val"),
-            **{**data.get("dataset_options", {}), **data.get("val_options", {})},
-        )
-    test = config.get("test", {})
-    metrics = evaluate(
-        model,
-        val_dataset,
-        mode=test.get("mode", "whole"),
-        crop=test.get("crop_size", 512),
-        stride=test.get("stride", 480),
-        batch_size=test.get("batch_size", 16),
-        class_names=meta.get("class_names"),
-    )
+    # the one run API: the same split, transform (test.scale) and protocol as `offseg eval`
+    cfg = from_dict(config)
+    val = datasets_for(cfg, "val", raw=val_dataset)
+    if report is not None:
+        report(f"scoring {val.describe()}")
+    metrics = evaluate_split(model, val, cfg.test, class_names=meta.get("class_names"))
     card = {
         "name": Path(dst).name,
         "model": meta["model"],
@@ -125,7 +116,7 @@ def register(sub) -> None:
 
 
 def _export_command(args) -> int:
-    card = export_checkpoint(args.weights, args.dst, args.command)
+    card = export_checkpoint(args.weights, args.dst, args.command, report=print)
     m = card["val_metrics"]
     print(f"{args.dst}: val mIoU {m['mIoU']:.4f}, aAcc {m['aAcc']:.4f}, {card['params'] / 1e6:.2f} M params")
     return 0

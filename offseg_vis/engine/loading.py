@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import DistributedSampler
 
-from offseg_vis.engine.config import Config, as_pair
-from offseg_vis.errors import ConfigError
+from offseg_vis.engine.config import Config
+from offseg_vis.engine.run import datasets_for
 
 
 class ResumableDistributedSampler(DistributedSampler):
@@ -24,9 +24,7 @@ class ResumableDistributedSampler(DistributedSampler):
     """
 
     def __init__(self, dataset, num_replicas: int, rank: int, seed: int, shuffle: bool = True):
-        super().__init__(
-            dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=True
-        )
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
         self.start_index = 0
 
     def __iter__(self):
@@ -59,52 +57,16 @@ class EpochIndexedDataset(torch.utils.data.Dataset):
 
 
 def build_datasets(config: Config, train_raw=None, val_raw=None):
-    """(train TransformedDataset, raw val dataset, val transform, class names, palette)."""
-    from offseg_vis.data.transforms import TestTransform, TrainTransform, TransformedDataset
+    """The trainer's data, built by the one run API (:func:`offseg_vis.engine.run.datasets_for`).
 
-    d = config.data
-    if train_raw is None:
-        train_raw = build_dataset(
-            d.dataset, root=d.root, split=d.train_split, **{**d.dataset_options, **d.train_options}
-        )
-    if val_raw is None:
-        val_raw = build_dataset(
-            d.dataset, root=d.root, split=d.val_split, **{**d.dataset_options, **d.val_options}
-        )
-    transform = TrainTransform(
-        crop_size=as_pair(d.crop_size),
-        scale=as_pair(d.scale),
-        ratio_range=tuple(d.ratio_range),
-        cat_max_ratio=d.cat_max_ratio,
-        flip_prob=d.flip_prob,
-        photometric=d.photometric,
-    )
-    train_ds = TransformedDataset(train_raw, transform, seed=config.runtime.seed)
-    val_transform = TestTransform(scale=as_pair(config.test.scale))
-    classes = list(getattr(train_raw, "classes", None) or getattr(val_raw, "classes", None) or [])
-    palette = getattr(train_raw, "palette", None) or getattr(val_raw, "palette", None)
-    return train_ds, val_raw, val_transform, classes, palette
-
-
-def build_dataset(name: str, root=None, split: str = "train", **options):
-    """``offseg_vis.data.datasets.build_dataset``; FashionScenes also works without that module."""
-    try:
-        from offseg_vis.data.datasets import build_dataset as build
-    except ImportError:  # the real-dataset readers are optional for FashionScenes
-        build = _build_fashion_scenes
-    return build(name, root=root, split=split, **options)
-
-
-def _build_fashion_scenes(name: str, root=None, split: str = "train", **options):
-    """FashionScenes without ``offseg_vis.data.datasets`` (generator options go to its config)."""
-    from offseg_vis.data.fashion_scenes import FashionScenes, config_from_dict
-
-    if name != "fashion-scenes":
-        raise ConfigError(f"Dataset {name!r} needs offseg_vis.data.datasets, which is not available.")
-    config = options.pop("config", None)
-    if isinstance(config, dict):
-        config = config_from_dict(config)
-    return FashionScenes(split=split, root=root, config=config, **options)
+    Returns:
+        (train TransformedDataset, raw val dataset, val transform, class names, palette).
+    """
+    train = datasets_for(config, "train", raw=train_raw)
+    val = datasets_for(config, "val", raw=val_raw)
+    classes = train.classes or val.classes
+    palette = train.palette or val.palette
+    return train.transformed(seed=config.runtime.seed), val.dataset, val.transform, classes, palette
 
 
 def batch_names(dataset, indices: Sequence[int]) -> list[str]:

@@ -98,14 +98,14 @@ def analyse_arm(
     from offseg_vis.analysis.corrections import CODE_NAMES, total_class_counts
     from offseg_vis.data.fashion_scenes import CLASSES
     from offseg_vis.engine.checkpoint import load_model
-    from offseg_vis.engine.loading import build_datasets
+    from offseg_vis.engine.run import datasets_for
 
     if arm.spec.classifier != "offset":
         raise ConfigError(f"--analyse compares an Offset Learning arm with its baseline; {arm.id} is per-pixel.")
     offset_path = _weights(work_root, arm, seed, budget)
     linear_path = _weights(work_root, arm.baseline, seed, budget)
     # the run's own val set (the cache its evaluation read), not a second recipe for it
-    _, val_raw, _, _, _ = build_datasets(run_config(base, arm, seed, budget))
+    val_raw = datasets_for(run_config(base, arm, seed, budget), "val").dataset
     scenes = [val_raw[i] for i in range(min(n_images, len(val_raw)))]
     images, labels = [s[0] for s in scenes], [s[1] for s in scenes]
     offset_model, _ = load_model(offset_path)

@@ -45,21 +45,10 @@ def _logit_scale(model) -> float | None:
 
 def _evaluate(cfg, model):
     """Val metrics of ``model`` (used when a resumed run had already finished training)."""
-    from offseg_vis.engine.evaluate import evaluate
-    from offseg_vis.engine.loading import build_datasets
+    from offseg_vis.engine.run import datasets_for, evaluate_split
 
-    _, val_raw, val_transform, classes, _ = build_datasets(cfg)
-    t = cfg.test
-    return evaluate(
-        model,
-        val_raw,
-        mode=t.mode,
-        crop=t.crop_size,
-        stride=t.stride,
-        batch_size=t.batch_size,
-        class_names=classes or None,
-        transform=val_transform,
-    )
+    # as the trainer's final evaluation: the whole val split (the budget sets test.max_images=None)
+    return evaluate_split(model, datasets_for(cfg, "val"), cfg.test)
 
 
 def run_one(
