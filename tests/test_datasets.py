@@ -46,9 +46,7 @@ def ramp(values, shape=(6, 8)) -> np.ndarray:
 
 
 def test_cityscapes_label_ids_to_train_ids_matches_the_official_table():
-    ids = np.array(
-        [0, 1, 6, 7, 8, 9, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 31, 32, 33, 34]
-    )
+    ids = np.array([0, 1, 6, 7, 8, 9, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 31, 32, 33, 34])
     expected = [
         255,
         255,
@@ -77,11 +75,7 @@ def test_cityscapes_label_ids_to_train_ids_matches_the_official_table():
         255,
     ]
     np.testing.assert_array_equal(cityscapes_label_ids_to_train_ids(ids), expected)
-    assert (
-        CITYSCAPES_CLASSES[0] == "road"
-        and CITYSCAPES_CLASSES[13] == "car"
-        and CITYSCAPES_CLASSES[18] == "bicycle"
-    )
+    assert CITYSCAPES_CLASSES[0] == "road" and CITYSCAPES_CLASSES[13] == "car" and CITYSCAPES_CLASSES[18] == "bicycle"
 
 
 def test_coco_stuff_raw_to_171_train_ids():
@@ -89,9 +83,7 @@ def test_coco_stuff_raw_to_171_train_ids():
     expected = [0, 10, 255, 11, 255, 24, 255, 80, 170, 255, 255]
     np.testing.assert_array_equal(coco_stuff_raw_to_train_ids(raw), expected)
     # The ids that survive are exactly 0..170, in order.
-    np.testing.assert_array_equal(
-        np.unique(coco_stuff_raw_to_train_ids(np.arange(182))), list(range(171)) + [255]
-    )
+    np.testing.assert_array_equal(np.unique(coco_stuff_raw_to_train_ids(np.arange(182))), list(range(171)) + [255])
     assert COCO_STUFF_CLASSES[11] == "stop sign" and COCO_STUFF_CLASSES[80] == "banner"
     assert COCO_STUFF_CLASSES[170] == "wood" and len(COCO_STUFF_CLASSES) == 171
 
@@ -104,9 +96,7 @@ def test_ade20k_reduces_zero_label(tmp_path):
     image = write_pair(
         tmp_path / "images/validation/ADE_val_1.jpg", tmp_path / "annotations/validation/ADE_val_1.png", raw
     )
-    write_pair(
-        tmp_path / "images/training/ADE_train_1.jpg", tmp_path / "annotations/training/ADE_train_1.png", raw
-    )
+    write_pair(tmp_path / "images/training/ADE_train_1.jpg", tmp_path / "annotations/training/ADE_train_1.png", raw)
     data = ADE20K(tmp_path, "val")
     assert len(data) == 1 and data.num_classes == 150 and data.classes == ADE20K_CLASSES
     assert len(data.palette) == 150 and len(set(data.palette)) == 150
@@ -132,9 +122,7 @@ def test_cityscapes_train_ids_and_label_ids_fallback(tmp_path):
     assert set(np.unique(data[1][1])) == {0, 13, 18, 255}
     assert convert_cityscapes(tmp_path, splits=("val",), progress=False) == 1
     written = tmp_path / "gtFine/val/aachen/aachen_000001_000019_gtFine_labelTrainIds.png"
-    np.testing.assert_array_equal(
-        np.asarray(Image.open(written)), cityscapes_label_ids_to_train_ids(label_ids)
-    )
+    np.testing.assert_array_equal(np.asarray(Image.open(written)), cityscapes_label_ids_to_train_ids(label_ids))
 
 
 def test_coco_stuff_train_ids_and_raw_fallback(tmp_path):
@@ -142,9 +130,7 @@ def test_coco_stuff_train_ids_and_raw_fallback(tmp_path):
     write_pair(tmp_path / "images/val2017/000000000139.jpg",
                tmp_path / "annotations/val2017/000000000139_labelTrainIds.png", trained)  # fmt: skip
     raw = ramp([0, 12, 91, 181, 11, 255])
-    write_pair(
-        tmp_path / "images/val2017/000000000285.jpg", tmp_path / "annotations/val2017/000000000285.png", raw
-    )
+    write_pair(tmp_path / "images/val2017/000000000285.jpg", tmp_path / "annotations/val2017/000000000285.png", raw)
     data = COCOStuff(tmp_path, "val")
     assert data.num_classes == 171 and len(data) == 2
     np.testing.assert_array_equal(data[0][1], trained)
@@ -156,9 +142,7 @@ def test_coco_stuff_train_ids_and_raw_fallback(tmp_path):
 def test_pascal_context_reads_split_list(tmp_path):
     raw = ramp([0, 1, 59])
     for stem in ("2008_000002", "2008_000003"):
-        write_pair(
-            tmp_path / f"JPEGImages/{stem}.jpg", tmp_path / f"SegmentationClassContext/{stem}.png", raw
-        )
+        write_pair(tmp_path / f"JPEGImages/{stem}.jpg", tmp_path / f"SegmentationClassContext/{stem}.png", raw)
     (tmp_path / "ImageSets/SegmentationContext").mkdir(parents=True)
     (tmp_path / "ImageSets/SegmentationContext/val.txt").write_text("2008_000003\n")
     data = PascalContext59(tmp_path, "val")
@@ -173,9 +157,7 @@ def make_folder(root: Path, n: int = 2, split: str | None = "train") -> None:
     (root / "classes.txt").write_text("# comment\nsky\nroad\n\ncar\n")
     sub = f"/{split}" if split else ""
     for i in range(n):
-        write_pair(
-            root / f"images{sub}/img{i}.png", root / f"masks{sub}/img{i}.png", ramp([0, 1, 2, 255]), seed=i
-        )
+        write_pair(root / f"images{sub}/img{i}.png", root / f"masks{sub}/img{i}.png", ramp([0, 1, 2, 255]), seed=i)
 
 
 def test_folder_dataset_with_and_without_split_level(tmp_path):
@@ -297,9 +279,7 @@ def test_check_dataset_reports_every_problem(tmp_path):
     np.testing.assert_array_equal(report.histogram, [12, 12, 12])
     assert report.ignored == 12 and report.classes_present == ["sky", "road", "car"]
     summary = report.summary()
-    assert (
-        "images checked: 1" in summary and "classes present: 3 of 3" in summary and "problems: 4" in summary
-    )
+    assert "images checked: 1" in summary and "classes present: 3 of 3" in summary and "problems: 4" in summary
     missing = check_dataset("ade20k", tmp_path / "nope", "val")
     assert len(missing.problems) == 1 and "does not exist" in missing.problems[0]
 
@@ -348,3 +328,59 @@ def test_cli_fashion_scenes_is_byte_identical(tmp_path, capsys):
     assert len(files) == (2 * 2 + 2) + (2 * 3 + 2)  # PNG pairs + manifest.json + scenes.jsonl per split
     for rel in files:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
+
+
+# ----------------------------------------------------------------------------- the archive's top folder
+
+
+def ade_tree(root: Path) -> np.ndarray:
+    raw = ramp([0, 3, 150])
+    write_pair(root / "images/validation/ADE_val_7.jpg", root / "annotations/validation/ADE_val_7.png", raw)
+    return raw
+
+
+def pascal_tree(root: Path) -> np.ndarray:
+    raw = ramp([0, 2, 59])
+    write_pair(root / "JPEGImages/2008_000009.jpg", root / "SegmentationClassContext/2008_000009.png", raw)
+    (root / "ImageSets/SegmentationContext").mkdir(parents=True)
+    (root / "ImageSets/SegmentationContext/val.txt").write_text("2008_000009\n")
+    return raw
+
+
+@pytest.mark.parametrize(
+    "name, top, make, stem",
+    [
+        ("ade20k", "ADEChallengeData2016", ade_tree, "ADE_val_7"),
+        ("pascal-context", "VOCdevkit/VOC2010", pascal_tree, "2008_000009"),  # the VOC2010 archive
+        ("pascal-context", "VOC2010", pascal_tree, "2008_000009"),  # the user points at VOCdevkit/
+    ],
+)
+def test_parent_of_the_archive_top_folder_is_accepted(tmp_path, capsys, name, top, make, stem):
+    parent = tmp_path / "unpacked"
+    raw = make(parent / top)
+    data = build_dataset(name, parent, split="val")
+    assert data.root == parent / top and len(data) == 1 and data.name(0) == stem
+    np.testing.assert_array_equal(data[0][1], np.select([raw == 0], [255], raw - 1))  # reduce_zero_label
+    assert data.note == f"{parent} holds the dataset's top folder {top}/: reading {parent / top}."
+    assert data.note in data.describe()
+    # the dataset's own folder is read as before, without a note
+    assert build_dataset(name, parent / top, split="val").note is None
+    # `offseg data check PARENT` passes and says so in one line
+    assert run_cli(["data", "check", str(parent), "--dataset", name]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == data.note and "problems: 0" in out
+
+
+def test_parent_is_not_guessed_when_it_holds_the_layout_or_no_single_top_folder(tmp_path):
+    # a root with its own layout is read as is, even if an archive folder also sits inside it
+    ade_tree(tmp_path / "a")
+    ade_tree(tmp_path / "a" / "ADEChallengeData2016")
+    assert ADE20K(tmp_path / "a", "val").root == tmp_path / "a"
+    # both VOCdevkit/VOC2010 and VOC2010 inside one folder: ambiguous, so no guess
+    pascal_tree(tmp_path / "b" / "VOCdevkit/VOC2010")
+    pascal_tree(tmp_path / "b" / "VOC2010")
+    with pytest.raises(DatasetError, match="split list"):
+        PascalContext59(tmp_path / "b", "val")
+    # datasets whose archives unpack into the layout directly (Cityscapes, COCO-Stuff) keep the old message
+    with pytest.raises(DatasetError, match="No images found"):
+        Cityscapes(tmp_path / "a", "val")
