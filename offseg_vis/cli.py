@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "offseg_vis.models.commands",
     "offseg_vis.bench.commands",
     "offseg_vis.app.commands",
+    "offseg_vis.analysis.commands",
 )
 
 

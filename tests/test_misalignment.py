@@ -182,3 +182,124 @@ def test_centering_ignores_a_shift_shared_by_all_classes():
     raw = misalignment(probes, min_pixels=1, center=False).alignment
     raw_shifted = misalignment(probes_shifted, min_pixels=1, center=False).alignment
     assert np.abs(raw - raw_shifted).max() > 0.1
+
+
+# ----------------------------------------------------------------------------- the regulariser sweep
+
+
+def test_ridge_and_pinv_recover_planted_prototypes_at_small_regulariser():
+    lab = _label()
+    feats = _features_with_onehot(lab)
+    expected = np.concatenate([np.eye(K), np.zeros((K, 5))], axis=1)  # the planted W*
+    for method, knob in (("pinv", {"rcond": 1e-8}), ("ridge", {"ridge": 1e-10})):
+        w_star, pred = ideal_class_embed(feats, lab, K, method=method, **knob)
+        np.testing.assert_allclose(w_star, expected, atol=1e-8)
+        np.testing.assert_array_equal(pred, lab.reshape(-1))
+
+
+def test_ridge_closed_form_when_all_singular_values_are_equal():
+    """E = s·Q with orthonormal columns Q: ridge W* = (M·Q/s) / (1 + λ) exactly (λ relative to s_max²)."""
+    rng = np.random.default_rng(4)
+    q, _ = np.linalg.qr(rng.normal(size=(40, 6)))  # (40, 6) orthonormal columns
+    feats = 3.0 * q
+    lab = rng.integers(0, K, 40)
+    m = np.eye(K)[lab].T  # (K, N)
+    exact = m @ q / 3.0
+    for lam in (1e-4, 1e-2, 1e-1, 1.0):
+        w_star, _ = ideal_class_embed(feats, lab, K, method="ridge", ridge=lam)
+        np.testing.assert_allclose(w_star, exact / (1 + lam), rtol=1e-10, atol=1e-12)
+
+
+def test_class_mean_prototypes_are_the_class_means():
+    rng = np.random.default_rng(5)
+    feats = rng.normal(size=(H, W, 4))
+    lab = _label()
+    lab[0, 0] = 255
+    w_star, _ = ideal_class_embed(feats, lab, K + 1, method="class_mean")  # class 3 absent -> zero row
+    for k in range(K):
+        sel = lab == k
+        np.testing.assert_allclose(w_star[k], feats[sel].mean(0), rtol=1e-12)
+    np.testing.assert_array_equal(w_star[K], 0)
+    with pytest.raises(InputError, match="Unknown W\\* method"):
+        ideal_class_embed(feats, lab, K, method="lasso")
+    with pytest.raises(InputError, match="needs ridge"):
+        ideal_class_embed(feats, lab, K, method="ridge")
+
+
+def _sweep_probes(n=4, shift=0.0):
+    """Offset probes whose E carries class structure plus noise, and linear ones on other features."""
+    out_o, out_l = [], []
+    for i in range(n):
+        rng = np.random.default_rng(10 + i)
+        lab = _label(i)
+        feats = 2 * np.eye(6)[lab][..., :6] + rng.normal(size=(H, W, 6))
+        out_o.append(
+            make_probe(
+                feats, rng.normal(size=(K, 6)), lab, rng.normal(size=feats.shape) * 0.3, 0.3 * rng.normal(size=(K, 6))
+            )
+        )
+        out_l.append(make_probe(feats + shift * rng.normal(size=feats.shape), rng.normal(size=(K, 6)), lab))
+    return out_o, out_l
+
+
+def test_sweep_equals_direct_reports_at_every_setting():
+    from offseg_vis.analysis.misalignment import misalignment_sweep
+
+    off, lin = _sweep_probes(shift=0.5)
+    table = misalignment_sweep(off, lin, rconds=(1e-5, 1e-1), ridges=(1e-3,), min_pixels=1)
+    assert [s.label for s in table.settings] == ["rcond 1e-05", "rcond 1e-01", "ridge λ 1e-03", "class means"]
+    assert table.models == ["offset: before (E, W)", "offset: after (E', W')", "linear (E, W)"]
+    direct_kwargs = [
+        {"rcond": 1e-5},
+        {"rcond": 1e-1},
+        {"method": "ridge", "ridge": 1e-3},
+        {"method": "class_mean"},
+    ]
+    for i, kw in enumerate(direct_kwargs):
+        for j, (probes, stage) in enumerate(((off, "before"), (off, "after"), (lin, "before"))):
+            rep = misalignment(probes, stage, min_pixels=1, **kw)
+            assert table.consistency[i, j] == pytest.approx(rep.overall_consistency, abs=1e-12)
+            assert table.alignment[i, j] == pytest.approx(rep.overall_alignment, abs=1e-12)
+            assert table.sanity_miou[i, j] == pytest.approx(rep.sanity_miou, abs=1e-12)
+    assert len(table.rows()) == 4 * 3 and table.images == 4
+    md = table.markdown().splitlines()
+    assert len(md) == 2 + 4 and md[2].startswith("| rcond 1e-05 |")
+
+
+def test_stable_orderings_flags_known_orderings():
+    from offseg_vis.analysis.misalignment import SweepSetting, SweepTable, stable_orderings
+
+    settings = [SweepSetting("pinv", 1e-5), SweepSetting("pinv", 1e-2), SweepSetting("ridge", 1e-3)]
+    # model a > b everywhere; a vs c flips at the ridge setting; b vs c ties at rcond 1e-2
+    cons = np.array([[0.5, 0.2, 0.1], [0.6, 0.3, 0.3], [0.4, 0.1, 0.7]])
+    table = SweepTable(settings, ["a", "b", "c"], cons, cons.copy(), np.ones((3, 3)))
+    checks = {(c.first, c.second): c for c in stable_orderings(table, "consistency")}
+    assert checks[("a", "b")].holds and "a is above b at all 3 settings" in checks[("a", "b")].statement
+    np.testing.assert_allclose(checks[("a", "b")].differences, [0.3, 0.3, 0.3])
+    assert not checks[("a", "c")].holds and "ridge λ 1e-03" in checks[("a", "c")].statement
+    assert not checks[("b", "c")].holds and "rcond 1e-02" in checks[("b", "c")].statement
+    pinv_only = {(c.first, c.second): c.holds for c in stable_orderings(table, "consistency", ("pinv",))}
+    assert pinv_only == {("a", "b"): True, ("a", "c"): True, ("b", "c"): False}
+    below = stable_orderings(table, "alignment", ("ridge",))
+    assert [c.holds for c in below] == [True, True, True]  # one setting: every strict sign holds
+    assert "below" in below[1].statement  # a (0.4) below c (0.7)
+    with pytest.raises(InputError, match="No setting"):
+        stable_orderings(table, "consistency", ("class_mean",))
+    with pytest.raises(InputError, match="Unknown sweep metric"):
+        stable_orderings(table, "accuracy")
+
+
+def test_sweep_page_and_figure_carry_every_score():
+    from offseg_vis.analysis.commands import sweep_page
+    from offseg_vis.analysis.misalignment import misalignment_sweep
+    from offseg_vis.analysis.plots import plot_misalignment_sweep
+
+    off, lin = _sweep_probes(shift=0.5)
+    table = misalignment_sweep(off, lin, rconds=(1e-5, 1e-2), ridges=(1e-4,), min_pixels=1)
+    page = sweep_page(table, "offseg analyse sweep X Y", "Used: test.", 1.0)
+    assert table.markdown() in page and "`offseg analyse sweep X Y`" in page
+    assert page.count("holds") >= 3 * 3 * 2  # 3 pairs x 3 setting groups x 2 metrics
+    fig = plot_misalignment_sweep(table)
+    for ax, metric in zip(fig.axes, ("consistency", "alignment", "sanity_miou")):
+        for j, line in enumerate(ax.lines[: len(table.models)]):
+            np.testing.assert_allclose(line.get_ydata(), table.values(metric)[:, j])

@@ -43,48 +43,95 @@ DEFAULT_RCOND = 1e-5
 STAGES = ("before", "after")
 
 
+METHODS = ("pinv", "ridge", "class_mean")
+
+
 def ideal_class_embed(
     features: np.ndarray,
     label: np.ndarray,
     num_classes: int,
     rcond: float = DEFAULT_RCOND,
     ignore_index: int = IGNORE_INDEX,
+    method: str = "pinv",
+    ridge: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """W* = M·(Eᵀ)⁺ for one image.
+    """The ideal class prototypes W* of one image.
 
     Args:
         features: E, (N, C) or (h, w, C).
         label: ground truth at the same grid, (N,) or (h, w); ``ignore_index`` pixels are removed.
         num_classes: K.
-        rcond: relative singular-value cut-off of the pseudo-inverse.
+        rcond: ``method="pinv"``: relative singular-value cut-off of the pseudo-inverse.
+        method: "pinv" — W* = M·(Eᵀ)⁺ with singular values below rcond·s_max dropped (the paper's);
+            "ridge" — W* = M·E·(EᵀE + λ·s_max²·I)⁻¹ (Tikhonov; λ relative to the largest squared singular
+            value, so it does not depend on the features' scale); "class_mean" — W*_k = the mean feature of
+            class k's pixels (no knob: the nearest-class-mean prototype).
+        ridge: λ of ``method="ridge"``.
 
     Returns:
         (W* (K, C) float64, prediction (N,) int64): prediction = argmax_k (W*·Eᵀ) for every pixel
         (ignored ones included), the sanity-check segmentation. Rows of absent classes are zero.
     """
+    setting = _setting(method, rcond if method == "pinv" else ridge)
     # One BLAS thread: these matrices are small, and multi-threaded BLAS on cores shared with other jobs
     # was measured 100x slower (threads spin-waiting for each other).
     with threadpool_limits(limits=1, user_api="blas"):
-        return _ideal_class_embed(features, label, num_classes, rcond, ignore_index)
+        e, lab, valid = _image_arrays(features, label, num_classes, ignore_index)
+        (w_star,) = _ideal_for_settings(e, lab, valid, num_classes, [setting])
+    return w_star, (e @ w_star.T).argmax(1).astype(np.int64)
 
 
-def _ideal_class_embed(features, label, num_classes, rcond, ignore_index) -> tuple[np.ndarray, np.ndarray]:
+def _setting(method: str, value: float | None) -> tuple[str, float | None]:
+    if method not in METHODS:
+        raise InputError(f"Unknown W* method {method!r}; use one of {', '.join(METHODS)}.")
+    if method == "class_mean":
+        return (method, None)
+    if value is None or not (value >= 0):
+        knob = "rcond" if method == "pinv" else "ridge"
+        raise InputError(f"W* method {method!r} needs {knob} >= 0, got {value!r}.")
+    return (method, float(value))
+
+
+def _image_arrays(features, label, num_classes, ignore_index) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(E (N, C) float64, label (N,), valid (N,) bool)."""
     c = features.shape[-1]
     e = np.asarray(features, dtype=np.float64).reshape(-1, c)  # (N, C)
     lab = np.asarray(label).reshape(-1)
     if lab.shape[0] != e.shape[0]:
         raise InputError(f"Features have {e.shape[0]} pixels but the label has {lab.shape[0]}; they must match.")
     valid = (lab != ignore_index) & (lab >= 0) & (lab < num_classes)
+    return e, lab, valid
+
+
+def _ideal_for_settings(
+    e: np.ndarray, lab: np.ndarray, valid: np.ndarray, k: int, settings: Sequence[tuple[str, float | None]]
+) -> list[np.ndarray]:
+    """W* (K, C) of one image for each (method, value) setting; one SVD serves every pinv/ridge setting."""
+    c = e.shape[1]
     if not valid.any():
-        return np.zeros((num_classes, c)), np.zeros(e.shape[0], dtype=np.int64)
+        return [np.zeros((k, c)) for _ in settings]
     e_valid = e[valid]  # (n, C)
-    m = np.eye(num_classes)[lab[valid]].T  # (K, n) one-hot
-    # E = U S Vᵀ  =>  (Eᵀ)⁺ = U S⁻¹ Vᵀ  and  W* = M U S⁻¹ Vᵀ.
-    u, s, vt = np.linalg.svd(e_valid, full_matrices=False)  # (n, r), (r,), (r, C)
-    keep = s > rcond * s[0] if s.size and s[0] > 0 else np.zeros_like(s, dtype=bool)
-    w_star = (m @ u[:, keep]) / s[keep] @ vt[keep]  # (K, C)
-    prediction = (e @ w_star.T).argmax(1)  # (N,)
-    return w_star, prediction.astype(np.int64)
+    m = np.eye(k)[lab[valid]].T  # (K, n) one-hot
+    svd = None
+    out = []
+    for method, value in settings:
+        if method == "class_mean":
+            counts = m.sum(1, keepdims=True)  # (K, 1)
+            out.append((m @ e_valid) / np.maximum(counts, 1))  # absent classes stay zero
+            continue
+        if svd is None:
+            # E = U S Vᵀ  =>  (Eᵀ)⁺ = U S⁻¹ Vᵀ, and the ridge solution M E (EᵀE + λI)⁻¹ = M U S/(S² + λ) Vᵀ.
+            u, sv, vt = np.linalg.svd(e_valid, full_matrices=False)  # (n, r), (r,), (r, C)
+            svd = (m @ u, sv, vt)  # M·U (K, r) is shared by every setting
+        mu, sv, vt = svd
+        if sv.size == 0 or sv[0] <= 0:
+            out.append(np.zeros((k, c)))
+        elif method == "pinv":
+            keep = sv > value * sv[0]
+            out.append((mu[:, keep] / sv[keep]) @ vt[keep])  # (K, C)
+        else:
+            out.append((mu * (sv / (sv**2 + value * sv[0] ** 2))) @ vt)  # (K, C)
+    return out
 
 
 def cosine_matrix(vectors: np.ndarray) -> np.ndarray:
@@ -211,6 +258,8 @@ def misalignment(
     min_pixels: int = 4,
     center: bool = True,
     ignore_index: int = IGNORE_INDEX,
+    method: str = "pinv",
+    ridge: float | None = None,
 ) -> MisalignmentReport:
     """Mine W* for every labelled probe and summarise how consistent and how aligned it is.
 
@@ -219,7 +268,9 @@ def misalignment(
         stage: "before" (E, W) or "after" (E', W'; Offset Learning only).
         class_names: K names (default "class k").
         name: label of the report (default the stage).
-        rcond: pseudo-inverse cut-off (see module docstring).
+        rcond: pseudo-inverse cut-off (see module docstring); used by ``method="pinv"``.
+        method, ridge: how W* is mined (see :func:`ideal_class_embed`): "pinv" (rcond), "ridge" (ridge λ)
+            or "class_mean" (no knob).
         images_per_class: images per Fig. 3 heatmap (the paper uses 10).
         min_pixels: a class counts as present in an image when it covers at least this many cells of
             the feature grid (smaller fragments give unstable W*).
@@ -241,20 +292,38 @@ def misalignment(
     if len(names) != k:
         raise InputError(f"Got {len(names)} class names for a model with {k} classes.")
 
-    ideal, embeds, counts = [], [], []
-    confusion = np.zeros((k, k), dtype=np.int64)
-    for p in labelled:
-        e, w = _stage_arrays(p, stage)
-        lab = label_probe_at_features(p, ignore_index).reshape(-1)  # (N,)
-        w_star, pred = ideal_class_embed(e, lab, k, rcond=rcond, ignore_index=ignore_index)
-        confusion += confusion_matrix(pred, lab, k, ignore_index)
-        valid = (lab != ignore_index) & (lab < k)
-        counts.append(np.bincount(lab[valid], minlength=k)[:k])
-        ideal.append(w_star)
-        embeds.append(np.asarray(w, dtype=np.float64))
-    counts_arr = np.stack(counts)  # (I, K)
-    ideal_arr = np.stack(ideal)  # (I, K, C)
-    embeds_arr = np.stack(embeds)  # (I, K, C)
+    setting = _setting(method, rcond if method == "pinv" else ridge)
+    counts, embeds, ((ideal, confusion),) = _mine(labelled, stage, k, [setting], ignore_index)
+    return _report(name or stage, stage, names, counts, embeds, ideal, confusion, center, min_pixels, images_per_class)
+
+
+def _mine(
+    labelled: Sequence[ImageProbe], stage: str, k: int, settings: Sequence[tuple[str, float | None]], ignore_index: int
+) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    """Pixel counts (I, K), the classifier's prototypes (I, K, C) and, per setting, (W* (I, K, C), the sanity
+    confusion (K, K)); each image's SVD is computed once for all settings."""
+    ideal = [[] for _ in settings]
+    confusion = [np.zeros((k, k), dtype=np.int64) for _ in settings]
+    embeds, counts = [], []
+    with threadpool_limits(limits=1, user_api="blas"):  # see ideal_class_embed
+        for p in labelled:
+            e, w = _stage_arrays(p, stage)
+            lab = label_probe_at_features(p, ignore_index).reshape(-1)  # (N,)
+            e_flat, lab, valid = _image_arrays(e, lab, k, ignore_index)
+            for s, w_star in enumerate(_ideal_for_settings(e_flat, lab, valid, k, settings)):
+                pred = (e_flat @ w_star.T).argmax(1)  # (N,) sanity-check segmentation
+                confusion[s] += confusion_matrix(pred, lab, k, ignore_index)
+                ideal[s].append(w_star)
+            counts.append(np.bincount(lab[valid], minlength=k)[:k])
+            embeds.append(np.asarray(w, dtype=np.float64))
+    return np.stack(counts), np.stack(embeds), [(np.stack(i), c) for i, c in zip(ideal, confusion)]
+
+
+def _report(
+    name, stage, names, counts_arr, embeds_arr, ideal_arr, confusion, center, min_pixels, images_per_class
+) -> MisalignmentReport:
+    """Scores of mined W* (I, K, C) against the classifier's prototypes (I, K, C)."""
+    k = len(names)
     ideal_cmp, embeds_cmp = ideal_arr, embeds_arr
     if center:
         ideal_cmp = ideal_arr - ideal_arr.mean(axis=1, keepdims=True)
@@ -278,7 +347,7 @@ def misalignment(
 
     sanity_iou = iou_from_confusion(confusion)
     return MisalignmentReport(
-        name=name or stage,
+        name=name,
         stage=stage,
         class_names=names,
         pixel_counts=counts_arr,
@@ -322,8 +391,7 @@ def summary_table(reports: dict[str, MisalignmentReport]) -> str:
     lines = [f"{'model':<{width}}  consistency  alignment  sanity mIoU"]
     for n, r in reports.items():
         lines.append(
-            f"{n:<{width}}  {r.overall_consistency:11.3f}  {r.overall_alignment:9.3f}"
-            f"  {100 * r.sanity_miou:10.1f}%"
+            f"{n:<{width}}  {r.overall_consistency:11.3f}  {r.overall_alignment:9.3f}  {100 * r.sanity_miou:10.1f}%"
         )
     return "\n".join(lines)
 
@@ -332,17 +400,210 @@ def per_class_table(reports: dict[str, MisalignmentReport], metric: str = "consi
     """A plain-text table: classes as rows, reports as columns, values of ``metric``
     ("consistency", "alignment", "embed_consistency" or "sanity_iou")."""
     if metric not in ("consistency", "alignment", "embed_consistency", "sanity_iou"):
-        raise InputError(
-            f"Unknown metric {metric!r}; use consistency, alignment, embed_consistency or sanity_iou."
-        )
+        raise InputError(f"Unknown metric {metric!r}; use consistency, alignment, embed_consistency or sanity_iou.")
     names = next(iter(reports.values())).class_names
     width = max(len(n) for n in names + ["overall"])
     cols = list(reports)
     lines = [f"{'class':<{width}}  " + "  ".join(f"{c:>22}" for c in cols)]
     for k, cname in enumerate(names):
-        lines.append(
-            f"{cname:<{width}}  " + "  ".join(f"{getattr(reports[c], metric)[k]:22.3f}" for c in cols)
-        )
+        lines.append(f"{cname:<{width}}  " + "  ".join(f"{getattr(reports[c], metric)[k]:22.3f}" for c in cols))
     overall = [_nanmean(getattr(reports[c], metric)) for c in cols]
     lines.append(f"{'overall':<{width}}  " + "  ".join(f"{v:22.3f}" for v in overall))
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the regulariser sweep
+
+SCORE_LABELS = {
+    "consistency": (
+        "W* consistency: mean cosine, across images, of one class's class-centred ideal prototype W*_k "
+        "(1 = one prototype would fit every image)"
+    ),
+    "alignment": (
+        "W-W* alignment: mean cosine of the classifier's class-centred prototype (W, or the image's W') "
+        "with the image's W*_k"
+    ),
+    "sanity_miou": "W* sanity mIoU: how well argmax(W*·Eᵀ) reproduces the ground truth W* was mined from",
+}
+SWEEP_METRICS = tuple(SCORE_LABELS)
+DEFAULT_RCONDS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+DEFAULT_RIDGES = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+
+
+@dataclass(frozen=True)
+class SweepSetting:
+    """One way of mining W*: ``method`` "pinv" (value = rcond), "ridge" (value = λ) or "class_mean"."""
+
+    method: str
+    value: float | None = None
+
+    @property
+    def label(self) -> str:
+        if self.method == "class_mean":
+            return "class means"
+        return f"{'rcond' if self.method == 'pinv' else 'ridge λ'} {self.value:.0e}"
+
+
+@dataclass
+class SweepTable:
+    """Every score of every model at every W* setting.
+
+    Attributes:
+        settings: S settings, in sweep order.
+        models: M report names (e.g. "offset: before (E, W)", "offset: after (E', W')", "linear (E, W)").
+        consistency, alignment, sanity_miou: (S, M) float64 overall scores (see ``SCORE_LABELS``).
+        images: labelled images the scores were computed on.
+        reports: (setting label, model) -> the full :class:`MisalignmentReport`.
+    """
+
+    settings: list[SweepSetting]
+    models: list[str]
+    consistency: np.ndarray
+    alignment: np.ndarray
+    sanity_miou: np.ndarray
+    images: int = 0
+    reports: dict = field(default_factory=dict, repr=False)
+
+    def values(self, metric: str) -> np.ndarray:
+        """(S, M) scores of ``metric`` ("consistency", "alignment" or "sanity_miou")."""
+        if metric not in SWEEP_METRICS:
+            raise InputError(f"Unknown sweep metric {metric!r}; use one of {', '.join(SWEEP_METRICS)}.")
+        return getattr(self, metric)
+
+    def rows(self) -> list[dict]:
+        """One flat dict per (setting, model)."""
+        return [
+            {
+                "method": st.method,
+                "value": st.value,
+                "setting": st.label,
+                "model": m,
+                **{metric: float(self.values(metric)[i, j]) for metric in SWEEP_METRICS},
+            }
+            for i, st in enumerate(self.settings)
+            for j, m in enumerate(self.models)
+        ]
+
+    def markdown(self) -> str:
+        """A Markdown table: one row per setting, consistency / alignment / sanity mIoU of every model."""
+        head = "| W* setting | " + " | ".join(f"{m}: consistency / alignment / sanity mIoU %" for m in self.models)
+        lines = [head + " |", "|---" * (len(self.models) + 1) + "|"]
+        for i, st in enumerate(self.settings):
+            cells = [
+                f"{self.consistency[i, j]:.3f} / {self.alignment[i, j]:.3f} / {100 * self.sanity_miou[i, j]:.1f}"
+                for j in range(len(self.models))
+            ]
+            lines.append(f"| {st.label} | " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class OrderingCheck:
+    """Whether ``first`` scores above (or below) ``second`` on ``metric`` at every setting considered.
+
+    differences: (S,) first − second per setting; holds: one strict sign throughout; statement: a sentence.
+    """
+
+    metric: str
+    first: str
+    second: str
+    settings: tuple[str, ...]
+    differences: tuple[float, ...]
+    holds: bool
+    statement: str
+
+
+def misalignment_sweep(
+    offset_probes: Sequence[ImageProbe] | None = None,
+    linear_probes: Sequence[ImageProbe] | None = None,
+    class_names: Sequence[str] | None = None,
+    rconds: Sequence[float] = DEFAULT_RCONDS,
+    ridges: Sequence[float] = DEFAULT_RIDGES,
+    class_mean: bool = True,
+    min_pixels: int = 4,
+    center: bool = True,
+    images_per_class: int = 10,
+    ignore_index: int = IGNORE_INDEX,
+) -> SweepTable:
+    """The reports of :func:`misalignment_suite` at every W* setting: the pseudo-inverse over ``rconds``, ridge
+    over ``ridges`` and (``class_mean``) the knob-free class-mean prototypes. Each image's SVD is computed once
+    per model and stage and serves every setting.
+
+    Returns:
+        a :class:`SweepTable`; check which statements survive with :func:`stable_orderings`.
+    """
+    settings = [SweepSetting("pinv", float(r)) for r in rconds] + [SweepSetting("ridge", float(r)) for r in ridges]
+    settings += [SweepSetting("class_mean")] if class_mean else []
+    if not settings:
+        raise InputError("misalignment_sweep needs at least one setting (rconds, ridges or class_mean).")
+    raw = [_setting(st.method, st.value) for st in settings]  # validates the values
+    jobs = []
+    if offset_probes is not None:
+        jobs += [("offset: before (E, W)", offset_probes, "before"), ("offset: after (E', W')", offset_probes, "after")]
+    if linear_probes is not None:
+        jobs.append(("linear (E, W)", linear_probes, "before"))
+    if not jobs:
+        raise InputError("misalignment_sweep needs offset_probes, linear_probes or both.")
+    shape = (len(settings), len(jobs))
+    table = SweepTable(settings, [j[0] for j in jobs], np.zeros(shape), np.zeros(shape), np.zeros(shape))
+    for j, (model, probes, stage) in enumerate(jobs):
+        labelled = [p for p in probes if p.label is not None]
+        if not labelled:
+            raise InputError("misalignment_sweep needs ground truth: pass labels to probe(model, images, labels).")
+        k = labelled[0].num_classes
+        names = list(class_names) if class_names is not None else [f"class {i}" for i in range(k)]
+        if len(names) != k:
+            raise InputError(f"Got {len(names)} class names for a model with {k} classes.")
+        counts, embeds, mined = _mine(labelled, stage, k, raw, ignore_index)
+        table.images = len(labelled)
+        for i, (st, (ideal, confusion)) in enumerate(zip(settings, mined)):
+            rep = _report(model, stage, names, counts, embeds, ideal, confusion, center, min_pixels, images_per_class)
+            table.reports[(st.label, model)] = rep
+            table.consistency[i, j] = rep.overall_consistency
+            table.alignment[i, j] = rep.overall_alignment
+            table.sanity_miou[i, j] = rep.sanity_miou
+    return table
+
+
+def stable_orderings(
+    table: SweepTable, metric: str, methods: Sequence[str] | None = None, tolerance: float = 0.0
+) -> list[OrderingCheck]:
+    """For every pair of models, does one score above the other on ``metric`` at every setting?
+
+    Args:
+        methods: restrict to settings of these methods (e.g. ("pinv",)); default all settings.
+        tolerance: differences with |d| <= tolerance count as ties, which break an ordering.
+
+    Returns:
+        one :class:`OrderingCheck` per model pair (in table order), with a sentence saying whether it holds.
+    """
+    values = table.values(metric)
+    rows = [i for i, st in enumerate(table.settings) if methods is None or st.method in methods]
+    if not rows:
+        raise InputError(f"No setting of the sweep uses the methods {list(methods or [])}.")
+    labels = tuple(table.settings[i].label for i in rows)
+    out = []
+    for a in range(len(table.models)):
+        for b in range(a + 1, len(table.models)):
+            d = values[rows, a] - values[rows, b]  # (S',)
+            first, second = table.models[a], table.models[b]
+            above, below = bool(np.all(d > tolerance)), bool(np.all(d < -tolerance))
+            if above or below:
+                word = "above" if above else "below"
+                statement = (
+                    f"{metric}: {first} is {word} {second} at all {len(rows)} settings ({labels[0]} … {labels[-1]})."
+                )
+            else:
+                flips = (
+                    [lab for lab, v in zip(labels, d) if not v > tolerance]
+                    if d[0] > tolerance
+                    else [lab for lab, v in zip(labels, d) if not v < -tolerance]
+                )
+                statement = (
+                    f"{metric}: the order of {first} and {second} does NOT hold across the sweep "
+                    f"(it changes or ties at {', '.join(flips)})."
+                )
+            out.append(
+                OrderingCheck(metric, first, second, labels, tuple(float(v) for v in d), above or below, statement)
+            )
+    return out

@@ -21,7 +21,7 @@ from offseg_vis.analysis import offsets
 from offseg_vis.analysis.compare import OUTCOME_CODES, OUTCOME_COLORS, OUTCOME_LABELS, OUTCOMES, TwinComparison
 from offseg_vis.analysis.corrections import CODE_COLORS, CODE_NAMES, IGNORED, CorrectionMap
 from offseg_vis.analysis.embedding import JointEmbedding
-from offseg_vis.analysis.misalignment import MisalignmentReport
+from offseg_vis.analysis.misalignment import SCORE_LABELS, MisalignmentReport, SweepTable
 from offseg_vis.analysis.probe import IGNORE_INDEX, ImageProbe
 from offseg_vis.errors import InputError
 
@@ -359,7 +359,8 @@ def plot_class_attention(
 
 
 def plot_cosine_heatmaps(report: MisalignmentReport, classes: Sequence[int] | None = None, ncols: int = 3) -> Figure:
-    """The paper's Fig. 3: per class, the images × images cosine similarity of the ideal prototypes W*_k.
+    """A class-centred analogue of the paper's Fig. 3: per class, the images × images cosine similarity of the
+    ideal prototypes W*_k (class-centred unless the report was computed with ``center=False``).
 
     coolwarm, fixed to [-1, 1] with ticks every 0.25, thin white cell borders, one shared colourbar.
     """
@@ -386,7 +387,8 @@ def plot_cosine_heatmaps(report: MisalignmentReport, classes: Sequence[int] | No
     for ax in axes[len(classes) :]:
         ax.axis("off")
     fig.colorbar(im, ax=axes.tolist(), ticks=np.linspace(-1, 1, 9), shrink=0.8, label="cos(W*_k(i), W*_k(j))")
-    fig.suptitle(f"ideal class prototypes across images — {report.name}")
+    kind = "class-centred analogue of the paper's Fig. 3" if report.centered else "the paper's Fig. 3 (raw W*)"
+    fig.suptitle(f"{kind}: ideal class prototypes across images — {report.name}")
     return fig
 
 
@@ -429,7 +431,9 @@ def plot_cosine_heatmap_comparison(
             if j == 0:
                 ax.set_ylabel(name, fontsize=8)
     fig.colorbar(im, ax=axes.ravel().tolist(), ticks=np.linspace(-1, 1, 9), shrink=0.8)
-    fig.suptitle("cosine similarity of each image's ideal prototype W*_k (title: mean off-diagonal)", fontsize=9)
+    centred = all(r.centered for r in reports.values())
+    kind = "class-centred analogue of the paper's Fig. 3" if centred else "the paper's Fig. 3"
+    fig.suptitle(f"{kind}: cosine of each image's ideal prototype W*_k (title: mean off-diagonal)", fontsize=9)
     return fig
 
 
@@ -462,6 +466,29 @@ def plot_misalignment_summary(
         ax.legend(fontsize=7, frameon=False)
     axes[-1].set_xticks(x, names, rotation=45, ha="right", fontsize=8)
     axes[0].set_title("ideal-prototype consistency across images / alignment with the classifier's prototypes")
+    return fig
+
+
+def plot_misalignment_sweep(table: SweepTable) -> Figure:
+    """Every overall score of every model across the W* settings (x: settings in sweep order), one panel per
+    score, so an ordering that flips inside the sweep shows as crossing lines."""
+    x = np.arange(len(table.settings))
+    metrics = ("consistency", "alignment", "sanity_miou")
+    fig = new_figure(max(7.0, 0.55 * len(x) + 3.0), 2.6 * len(metrics))
+    axes = np.atleast_1d(fig.subplots(len(metrics), 1, sharex=True))
+    for ax, metric in zip(axes, metrics):
+        values = table.values(metric)  # (S, M)
+        for j, model in enumerate(table.models):
+            ax.plot(x, values[:, j], marker="o", ms=4, label=model)
+        ax.set_ylabel(metric.replace("_", " "))
+        ax.set_title(SCORE_LABELS[metric], fontsize=7, loc="left")
+        # separate the methods (pinv | ridge | class means)
+        for i in range(1, len(x)):
+            if table.settings[i].method != table.settings[i - 1].method:
+                ax.axvline(i - 0.5, color="0.6", lw=0.8, ls="--")
+    axes[0].legend(fontsize=7, frameon=False)
+    axes[-1].set_xticks(x, [st.label for st in table.settings], rotation=45, ha="right", fontsize=7)
+    fig.suptitle(f"W* scores across the regulariser ({table.images} images)", fontsize=10)
     return fig
 
 
