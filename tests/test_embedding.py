@@ -130,3 +130,50 @@ def test_fit_errors():
         fit_joint_umap(gather_pixel_features(probes, sample_pixels(probes, 20)), method="tsne")
     with pytest.raises(InputError, match="at least one"):
         embed_pixels([])
+
+
+def _planted(shared: float, seed: int = 0):
+    """Pixels of class k = μ_k + noise with Σ_k μ_k = 0; W_k = μ_k + a large shared vector (class-common)."""
+    rng = np.random.default_rng(seed)
+    k, c = 4, 8
+    mu = 3.0 * (np.eye(c)[:k] - np.eye(c)[:k].mean(0))  # (K, C), zero mean over classes
+    lab = np.repeat(np.arange(k), 25).reshape(10, 10)
+    feats = mu[lab] + 0.3 * rng.normal(size=(10, 10, c))
+    common = shared * np.eye(c)[k + 1]  # (C,) in a direction no class uses
+    w = mu + common
+    d_w = 0.1 * rng.normal(size=(k, c)) + common  # W' = W + ΔW: even more class-common
+    return make_probe(feats, w, lab, np.zeros_like(feats), d_w), k
+
+
+def _nearest_class(emb, points):
+    """For each (2,) point, the class whose sampled pixels (before) have the nearest centroid."""
+    centroids = np.stack([emb.before[emb.classes == c].mean(0) for c in range(points.shape[0])])
+    return [int(np.argmin(np.linalg.norm(centroids - p, axis=1))) for p in points]
+
+
+def test_centred_class_embeddings_land_on_their_own_class():
+    p, k = _planted(shared=20.0)
+    emb = embed_pixels([p], max_points=400, method="pca")
+    assert emb.params["center_class_embed"] is True
+    assert _nearest_class(emb, emb.class_embed) == list(range(k))
+    assert _nearest_class(emb, emb.refined_class_embed[0]) == list(range(k))
+    # Uncentred, the shared vector dominates and the markers do not land on their classes (the old bug).
+    raw = embed_pixels([p], max_points=400, method="pca", center_class_embed=False)
+    assert _nearest_class(raw, raw.class_embed) != list(range(k))
+
+
+def test_pca_placement_equals_a_numpy_projection():
+    """Pairwise distances of the placed W equal those of the centred, normalised W projected on the top two
+    principal axes of the normalised pixel features (computed here by SVD; distances ignore axis signs)."""
+    p, k = _planted(shared=5.0, seed=1)
+    emb = embed_pixels([p], max_points=400, method="pca")
+    feats = np.concatenate([p.features.reshape(-1, 8), p.refined_features.reshape(-1, 8)]).astype(np.float64)
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    mean = feats.mean(0)
+    _, _, vt = np.linalg.svd(feats - mean, full_matrices=False)
+    w = p.class_embed.astype(np.float64) - p.class_embed.mean(0)
+    w /= np.linalg.norm(w, axis=1, keepdims=True)
+    placed = (w - mean) @ vt[:2].T  # (K, 2)
+    dist = lambda x: np.linalg.norm(x[:, None] - x[None], axis=-1)  # noqa: E731
+    # float32 data through sklearn's PCA: coordinates of size ~1, agreement to ~1e-5
+    np.testing.assert_allclose(dist(emb.class_embed), dist(placed), atol=1e-4)

@@ -9,8 +9,12 @@ Pipeline (:func:`embed_pixels`):
 3. :func:`fit_joint_umap` — rows L2-normalised (the Offset Learning logits pass a LayerNorm over classes,
    which removes a pixel's overall feature scale, so direction is what classifies; the same holds for
    ranking with a linear classifier up to its bias), PCA to ``pca_dims``, then ONE UMAP fitted on
-   before and after features together so both live in the same map. W and every W' are placed with the
-   fitted map's ``transform``. ``method="pca"`` replaces UMAP by a 2-D PCA (well under a second, for
+   before and after features together so both live in the same map. W and every W' are centred over the
+   classes first (W_k − mean_j W_j, and per image W'_k − mean_j W'_j): a vector added to every class
+   representation adds the same score to every class of a pixel, so no classifier can use it, yet it
+   dominates the raw vectors (W' is about 94 % class-common on the shipped model, which put most W'
+   markers inside the background cluster). Then they are L2-normalised and placed with the fitted map's
+   ``transform``. ``method="pca"`` replaces UMAP by a 2-D PCA (well under a second, for
    the app's budget).
 4. Results are cached as ``.npz`` keyed by the model, the data, the seed and every parameter.
 
@@ -238,7 +242,8 @@ class FitOptions:
 
     method: "umap" or "pca"; normalize: L2-normalise rows first; pca_dims: PCA size before UMAP
     (0 = none); n_neighbors, min_dist, n_epochs: UMAP's (None = UMAP's own choice, 200 for large data);
-    n_arrows: pixels with a before -> after arrow.
+    n_arrows: pixels with a before -> after arrow; center_class_embed: subtract the mean over classes
+    from W and from each image's W' before placing them (see the module docstring).
 
     Why n_epochs=100: a seeded UMAP runs its layout optimisation on one thread, and at 50k points its
     cost is proportional to the epochs; 100 epochs give a settled map in about half the time of UMAP's
@@ -252,6 +257,7 @@ class FitOptions:
     min_dist: float = 0.1
     n_epochs: int | None = 100
     n_arrows: int = 300
+    center_class_embed: bool = True
 
 
 def fit_joint_umap(pixels: PixelFeatures, seed: int = 0, **options) -> JointEmbedding:
@@ -273,13 +279,16 @@ def fit_joint_umap(pixels: PixelFeatures, seed: int = 0, **options) -> JointEmbe
     if n < 3:
         raise InputError(f"Only {n} pixels were sampled; a map needs at least 3. Use more images or classes.")
     start = time.perf_counter()
-    data = (
-        pixels.before if pixels.after is None else np.concatenate([pixels.before, pixels.after])
-    )  # (n or 2n, C)
+    data = pixels.before if pixels.after is None else np.concatenate([pixels.before, pixels.after])  # (n or 2n, C)
     k, c = pixels.class_embed.shape
-    extra = [pixels.class_embed]
-    if pixels.refined_class_embed is not None:
-        extra.append(pixels.refined_class_embed.reshape(-1, c))  # (I*K, C)
+    w, w_ref = pixels.class_embed.astype(np.float64), pixels.refined_class_embed
+    if opts.center_class_embed:
+        w = w - w.mean(0, keepdims=True)  # (K, C) minus the class-common part
+        if w_ref is not None:
+            w_ref = w_ref - w_ref.mean(1, keepdims=True)  # (I, K, C), per image
+    extra = [w]
+    if w_ref is not None:
+        extra.append(w_ref.reshape(-1, c))  # (I*K, C)
     extra = np.concatenate(extra)
     data = data.astype(np.float32)
     extra = extra.astype(np.float32)
@@ -307,9 +316,7 @@ def fit_joint_umap(pixels: PixelFeatures, seed: int = 0, **options) -> JointEmbe
     )
 
 
-def _reduce(
-    data: np.ndarray, extra: np.ndarray, opts: FitOptions, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _reduce(data: np.ndarray, extra: np.ndarray, opts: FitOptions, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Fit on ``data`` (M, C), return its 2-D coordinates and those of ``extra`` (E, C) via transform."""
     from sklearn.decomposition import PCA
 
@@ -353,8 +360,9 @@ def warm_up_umap(points: int = 5000) -> float:
     rng = np.random.default_rng(0)
     n = points // 2
     pixels = PixelFeatures(
-        PixelSample(np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64), rng.integers(0, 3, n),
-                    "label"),
+        PixelSample(
+            np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64), rng.integers(0, 3, n), "label"
+        ),
         rng.normal(size=(n, 8)).astype(np.float32),
         rng.normal(size=(n, 8)).astype(np.float32),
         rng.normal(size=(3, 8)).astype(np.float32),

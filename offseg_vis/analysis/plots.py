@@ -555,10 +555,28 @@ def plot_joint_embedding(
             )
     handles = _legend_handles(shown_classes, names, (pal * 255).astype(np.uint8))
     handles += [
-        axes[0].scatter([], [], marker="*", s=120, color="w", edgecolors="k", label="W (class embedding)"),
+        axes[0].scatter(
+            [],
+            [],
+            marker="*",
+            s=120,
+            color="w",
+            edgecolors="k",
+            label="W (class-centred)" if emb.params.get("center_class_embed", True) else "W",
+        ),
     ]
     if emb.after is not None:
-        handles.append(axes[0].scatter([], [], marker="D", s=30, color="w", edgecolors="k", label="W' (per image)"))
+        handles.append(
+            axes[0].scatter(
+                [],
+                [],
+                marker="D",
+                s=30,
+                color="w",
+                edgecolors="k",
+                label="W' per image (class-centred)" if emb.params.get("center_class_embed", True) else "W' per image",
+            )
+        )
     fig.legend(handles=handles, loc="outside right center", fontsize=8, frameon=False)
     return fig
 
