@@ -8,6 +8,9 @@ A checkpoint tagged ``last`` in a run folder is three files, each written atomic
 
 The state file is written first and the weights last; both carry the step, and loading refuses a
 pair whose steps differ (a crash between the two renames), so a resumed run never mixes states.
+
+:func:`card_classes` is what every reader of a card (``offseg predict``, the app, the notebooks)
+uses for class names and palette; :func:`load_model` puts its answer into the metadata it returns.
 """
 
 from __future__ import annotations
@@ -23,7 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from offseg_vis.errors import CheckpointError
+from offseg_vis.data.class_names import Classes, classes_for, dataset_key, generated_palette
+from offseg_vis.data.fashion_scenes import CLASSES as FASHION_SCENES_CLASSES
+from offseg_vis.data.fashion_scenes import PALETTE as FASHION_SCENES_PALETTE
+from offseg_vis.errors import CheckpointError, ConfigError
+from offseg_vis.models.convert import CONVERTED_FROM
 from offseg_vis.models.weights import (
     _atomic_write,
     describe_model,
@@ -32,6 +39,7 @@ from offseg_vis.models.weights import (
     save_weights,
     weights_path,
 )
+from offseg_vis.models.weights import card_classes as _stored_classes
 
 STATE_SUFFIX = ".state.pt"
 
@@ -149,6 +157,74 @@ def load_training_state(run_dir: str | os.PathLike, tag: str = "last") -> dict[s
     return state
 
 
+def card_dataset_name(meta: Mapping[str, Any]) -> str | None:
+    """The dataset a card names: ``dataset`` (training), ``data.dataset`` (exports) or the config's."""
+    data = meta.get("data") if isinstance(meta.get("data"), Mapping) else {}
+    config = meta.get("config") if isinstance(meta.get("config"), Mapping) else {}
+    config_data = config.get("data") if isinstance(config.get("data"), Mapping) else {}
+    name = meta.get("dataset") or data.get("dataset") or config_data.get("dataset")
+    return str(name) if name else None
+
+
+def card_classes(meta: Mapping[str, Any]) -> Classes:
+    """Class names (K,), palette (K, 3) and a sentence saying where they came from, for a card.
+
+    The card's own ``class_names`` and ``palette`` win, each on its own. What the card lacks comes
+    from, in order: the tables of the dataset the card names (ADE20K, Cityscapes, COCO-Stuff,
+    Pascal-Context, FashionScenes); for a card converted from an official checkpoint (written before
+    ``offseg convert`` stored names), the dataset inferred from K by
+    :func:`~offseg_vis.data.class_names.classes_for`; else generic names ``class 0`` ... ``class K-1``
+    and a generated palette.
+
+    Raises:
+        CheckpointError: the card does not say its number of classes.
+    """
+    k = meta.get("num_classes")
+    if not isinstance(k, int) or k <= 0:
+        raise CheckpointError("The checkpoint's card does not say its number of classes (num_classes).")
+    names, palette = _stored_classes(meta)
+    if names is not None and palette is not None:
+        return Classes(tuple(names), tuple(map(tuple, palette)), "class names and palette from the checkpoint's card.")
+    fallback = _classes_without_card(meta, k)
+    if names is not None:
+        return Classes(
+            tuple(names), fallback.palette, f"class names from the checkpoint's card; palette: {fallback.source}"
+        )
+    if palette is not None:
+        return Classes(
+            fallback.names, tuple(map(tuple, palette)), f"palette from the checkpoint's card; names: {fallback.source}"
+        )
+    return fallback
+
+
+def _classes_without_card(meta: Mapping[str, Any], k: int) -> Classes:
+    """What :func:`card_classes` uses for what the card does not hold (see there)."""
+    dataset = card_dataset_name(meta)
+    if dataset and dataset.strip().lower().replace("_", "-") in ("fashion-scenes", "fashionscenes"):
+        if k == len(FASHION_SCENES_CLASSES):
+            return Classes(
+                FASHION_SCENES_CLASSES,
+                FASHION_SCENES_PALETTE,
+                "not in the card, so FashionScenes' (the card's dataset).",
+            )
+    elif dataset:
+        try:
+            found = classes_for(dataset=dataset_key(dataset), num_classes=k)
+        except ConfigError:
+            pass  # not one of the four real datasets, or another K: generic names below say so
+        else:
+            return found._replace(source=f"not in the card, so {found.source}")
+    if meta.get("converted_from") == CONVERTED_FROM:
+        found = classes_for(num_classes=k)
+        return found._replace(source=f"not in the card (converted from an official checkpoint), so {found.source}")
+    known = f" and its dataset {dataset!r} has no {k}-class table" if dataset else ""
+    return Classes(
+        tuple(f"class {i}" for i in range(k)),
+        generated_palette(k),
+        f"not in the card{known}, so generic names 'class 0' ... 'class {k - 1}' and a generated palette.",
+    )
+
+
 def load_model(
     path: str | os.PathLike,
     device: str | torch.device = "cpu",
@@ -156,7 +232,9 @@ def load_model(
     """Build the model a weights file belongs to (from its metadata) and load the weights.
 
     Returns:
-        (model in eval mode on ``device``, metadata).
+        (model in eval mode on ``device``, metadata). The metadata always holds ``class_names``
+        (K), ``palette`` (K ``[r, g, b]``) and ``classes_source`` (where they came from, see
+        :func:`card_classes`; print it when the names are not the card's own).
     """
     from offseg_vis.models.zoo import build_model
 
@@ -176,10 +254,19 @@ def load_model(
         **(model_cfg.get("options") or {}),
     )
     load_weights(model, path)
+    classes = card_classes(meta)
+    meta = {
+        **meta,
+        "class_names": list(classes.names),
+        "palette": [list(rgb) for rgb in classes.palette],
+        "classes_source": classes.source,
+    }
     return model.to(device).eval(), meta
 
 
 __all__ = [
+    "card_classes",
+    "card_dataset_name",
     "checkpoint_weights",
     "describe_model",
     "git_commit",

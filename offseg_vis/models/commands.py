@@ -1,9 +1,14 @@
-"""``offseg zoo`` (the model table) and ``offseg convert`` (official checkpoints -> ours)."""
+"""``offseg zoo`` (the model table) and ``offseg convert`` (official checkpoints -> ours).
+
+This is a command module (it sits on top, beside ``cli``), so it may use ``data`` for class names.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+
+from offseg_vis.data.class_names import DATASET_CLASSES, classes_for
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,6 +25,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     conv.add_argument("--model", required=True, help="zoo name, e.g. offseg-t, segformer-b0, segnext-t")
     conv.add_argument("--classifier", default="offset", choices=["offset", "linear"])
     conv.add_argument("--num-classes", type=int, default=None, help="default: read from the checkpoint")
+    conv.add_argument(
+        "--dataset",
+        choices=list(DATASET_CLASSES),
+        default=None,
+        help="class names and palette for the card when the checkpoint's meta.dataset_meta has none "
+        "(default: inferred from the number of classes, with a note)",
+    )
     conv.set_defaults(func=_convert)
 
 
@@ -37,8 +49,14 @@ def _zoo(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from offseg_vis.models.convert import convert_checkpoint
 
-    report = convert_checkpoint(args.src, args.dst, args.model, args.classifier, args.num_classes)
+    def resolve(num_classes: int, meta: dict):  # meta first, then --dataset, then K (classes_for)
+        return classes_for(dataset=args.dataset, num_classes=num_classes, meta=meta)
+
+    report = convert_checkpoint(args.src, args.dst, args.model, args.classifier, args.num_classes, classes=resolve)
     print(f"{args.src} -> {args.dst}: {report.summary()}")
     for key in report.dropped:
         print(f"  dropped {key}")
+    print(f"classes: {report.classes_source}")
+    if report.placeholders:
+        print(f"kept as inert placeholders (modules not imported, nothing run): {', '.join(report.placeholders)}")
     return 0

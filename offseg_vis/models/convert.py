@@ -11,19 +11,25 @@ Our modules are named so that the official state-dict keys carry over unchanged,
 
 Every source key is used or reported as dropped, every target key is filled, every shape matches;
 anything else is a :class:`CheckpointError` listing the offending keys.
+
+Files are read with :func:`offseg_vis.models.safe_pickle.safe_load`: nothing in a checkpoint can run
+code; objects of classes we do not have (mmengine's ``HistoryBuffer`` in ``message_hub``, ...) come
+back as inert placeholders.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from offseg_vis.errors import CheckpointError
 from offseg_vis.models.key_accounting import misfit_parts
+from offseg_vis.models.safe_pickle import Placeholder, placeholder_names, safe_load
 
 # Keys that exist in official checkpoints and that our models deliberately do not build.
 DROPPED_SEGMENTOR_KEYS = (r"^decode_head\.conv_seg\.",)
@@ -39,32 +45,58 @@ class ConversionReport:
     used: list[str] = field(default_factory=list)
     renamed: dict[str, str] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)
+    # Set by convert_checkpoint: where the card's class names came from, and the globals of the
+    # file that were kept as inert placeholders (their modules are not imported).
+    classes_source: str | None = None
+    placeholders: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         return f"{len(self.used)} keys loaded ({len(self.renamed)} renamed), {len(self.dropped)} dropped"
 
 
-def read_official_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Read an mmseg/mmengine ``.pth`` (``{"state_dict": ..., "meta": ...}``) or a bare state dict."""
+@dataclass
+class OfficialCheckpoint:
+    """What an official ``.pth`` holds that we use.
+
+    Attributes:
+        state_dict: name -> tensor.
+        meta: the file's ``meta`` dict (mmengine: ``dataset_meta``, ``seed``, ...; may hold numpy
+            values and placeholders), ``{}`` when there is none.
+        placeholders: ``module.name`` of every object of the file kept as an inert placeholder.
+    """
+
+    state_dict: dict[str, Tensor]
+    meta: dict[str, Any]
+    placeholders: list[str]
+
+
+def read_official_checkpoint(path: str | Path) -> OfficialCheckpoint:
+    """Read an mmseg/mmengine ``.pth`` (``{"state_dict": ..., "meta": ...}``) or a bare state dict.
+
+    Raises:
+        CheckpointError: missing or unreadable file; a global that can run code (nothing ran; the
+            sentence names it); no state dict of tensors inside.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"Checkpoint {path} does not exist; check the path.")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - mmengine puts non-tensor objects into "meta"
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:  # noqa: BLE001
-            raise CheckpointError(
-                f"Could not read {path} as a PyTorch checkpoint ({type(err).__name__}: {err}). "
-                "Is the download complete?"
-            ) from err
+    obj = safe_load(path)
+    found = placeholder_names(obj)
+    meta = obj.get("meta") if isinstance(obj, dict) and isinstance(obj.get("meta"), dict) else {}
     for wrapper in ("state_dict", "model", "module"):
         if isinstance(obj, dict) and wrapper in obj and isinstance(obj[wrapper], dict):
             obj = obj[wrapper]
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path} does not hold a state dict of tensors.")
-    return dict(obj)
+        odd = ""
+        if isinstance(obj, dict):
+            bad = next(k for k, v in obj.items() if not isinstance(v, Tensor))
+            kind = repr(obj[bad]) if isinstance(obj[bad], Placeholder) else type(obj[bad]).__name__
+            odd = f" (e.g. {bad!r} is {kind})"
+        raise CheckpointError(f"{path} does not hold a state dict of tensors{odd}.")
+    return OfficialCheckpoint(state_dict=dict(obj), meta=dict(meta), placeholders=found)
+
+
+def read_official_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """The state dict of an official ``.pth`` (see :func:`read_official_checkpoint`)."""
+    return read_official_checkpoint(path).state_dict
 
 
 def map_official_segmentor_keys(
@@ -72,9 +104,7 @@ def map_official_segmentor_keys(
 ) -> tuple[dict[str, Tensor], ConversionReport]:
     """Rename an official segmentor state dict to ours and check it against ``target``'s keys/shapes."""
     report = ConversionReport()
-    linear_model = (
-        "decode_head.classifier.weight" in target and "decode_head.classifier.cls_repr" not in target
-    )
+    linear_model = "decode_head.classifier.weight" in target and "decode_head.classifier.cls_repr" not in target
     out: dict[str, Tensor] = {}
     for key, value in source.items():
         new = key
@@ -159,35 +189,64 @@ def load_pretrained(model: nn.Module, path: str | Path, model_name: str | None =
     return load_weights(model, path)
 
 
+# (K, the checkpoint's meta) -> (class names (K,), palette (K, 3), sentence saying where they came
+# from). The CLI passes ``offseg_vis.data.class_names.classes_for`` (models/ may not import data/).
+ClassResolver = Callable[[int, Mapping[str, Any]], tuple[Sequence[str], Sequence[Sequence[int]], str]]
+CONVERTED_FROM = "official mmseg checkpoint"
+
+
 def convert_checkpoint(
     src: str | Path,
     dst: str | Path,
     model_name: str,
     classifier: str = "offset",
     num_classes: int | None = None,
+    classes: ClassResolver | None = None,
 ) -> ConversionReport:
     """Convert an official checkpoint to our safetensors format (+ JSON card) at ``dst``.
 
-    ``num_classes`` is read from the checkpoint (``cls_repr`` or ``conv_seg``) when not given.
+    Args:
+        src: the official ``.pth``.
+        dst: output path (``.safetensors``; the card ``.json`` is written beside it).
+        model_name: zoo name (offseg-t, segformer-b0, ...).
+        classifier: "offset" or "linear".
+        num_classes: K; read from the checkpoint (``cls_repr`` or ``conv_seg``) when None.
+        classes: decides the card's ``class_names`` and ``palette`` from (K, the file's meta), e.g.
+            ``lambda k, meta: classes_for(dataset, k, meta)``. Without it the card carries no class
+            names and ``report.classes_source`` says so.
+
+    Returns:
+        The key accounting, plus ``classes_source`` and the file's ``placeholders``.
     """
     from offseg_vis.models.weights import save_weights
     from offseg_vis.models.zoo import build_model
 
-    source = read_official_state_dict(src)
+    checkpoint = read_official_checkpoint(src)
+    source = checkpoint.state_dict
     if num_classes is None:
         num_classes = infer_num_classes(source)
     model = build_model(model_name, num_classes=num_classes, classifier=classifier)
     mapped, report = map_official_segmentor_keys(source, model.state_dict())
     model.load_state_dict(mapped, strict=True)
-    save_weights(
-        model,
-        dst,
-        metadata={
-            "source": Path(src).name,
-            "converted_from": "official mmseg checkpoint",
-            "report": report.summary(),
-        },
-    )
+    report.placeholders = checkpoint.placeholders
+    metadata: dict[str, Any] = {
+        "source": Path(src).name,
+        "converted_from": CONVERTED_FROM,
+        "report": report.summary(),
+    }
+    if classes is None:
+        report.classes_source = "no class names written (no class resolver given)."
+    else:
+        names, palette, report.classes_source = classes(num_classes, checkpoint.meta)
+        if len(names) != num_classes or len(palette) != num_classes:
+            raise CheckpointError(
+                f"The class resolver gave {len(names)} names and {len(palette)} colours for a model with "
+                f"{num_classes} classes."
+            )
+        metadata["class_names"] = [str(n) for n in names]
+        metadata["palette"] = [[int(c) for c in rgb] for rgb in palette]
+        metadata["classes_source"] = report.classes_source
+    save_weights(model, dst, metadata=metadata)
     return report
 
 

@@ -210,10 +210,39 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         try:
             return json.loads(side.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            raise CheckpointError(
-                f"The sidecar {side} is not valid JSON ({exc}); restore or delete it."
-            ) from exc
+            raise CheckpointError(f"The sidecar {side} is not valid JSON ({exc}); restore or delete it.") from exc
     return {}
+
+
+def card_classes(meta: Mapping[str, Any]) -> tuple[list[str] | None, list[list[int]] | None]:
+    """The class names and palette a card carries, each None when absent or inconsistent.
+
+    Cards written by training and by ``offseg convert`` hold ``class_names`` (K strings) and
+    ``palette`` (K ``[r, g, b]`` ints in 0..255), K = ``num_classes``. A list of another length, or
+    a palette with a non-colour entry, counts as absent (the caller then decides, e.g. with
+    ``offseg_vis.engine.checkpoint.card_classes``, which says so).
+
+    Returns:
+        (names or None, palette or None).
+    """
+    k = meta.get("num_classes")
+    names = meta.get("class_names")
+    if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
+        names = None
+    elif isinstance(k, int) and len(names) != k:
+        names = None
+    palette = meta.get("palette")
+    expected = k if isinstance(k, int) else (len(names) if names is not None else None)
+    try:
+        palette = [[int(c) for c in rgb] for rgb in palette] if isinstance(palette, list | tuple) else None
+    except (TypeError, ValueError):
+        palette = None
+    if palette is not None and (
+        (expected is not None and len(palette) != expected)
+        or any(len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb) for rgb in palette)
+    ):
+        palette = None
+    return (list(names) if names is not None else None), palette
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
@@ -240,11 +269,7 @@ def _check_identity(target: Path, meta: Mapping[str, Any], model: nn.Module) -> 
         if meta.get(key) is not None and mine.get(key) is not None and meta[key] != mine[key]:
             mismatch.append(key)
     # names only compare when the model was built by the zoo (otherwise it is a class name)
-    if (
-        meta.get("model")
-        and getattr(unwrap_model(model), "model_name", None)
-        and meta["model"] != mine["model"]
-    ):
+    if meta.get("model") and getattr(unwrap_model(model), "model_name", None) and meta["model"] != mine["model"]:
         mismatch.append("model")
     if mismatch:
         raise CheckpointError(

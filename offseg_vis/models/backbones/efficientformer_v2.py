@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from offseg_vis.errors import CheckpointError, ConfigError, InputError
 from offseg_vis.models.key_accounting import misfit_parts
+from offseg_vis.models.safe_pickle import safe_load
 
 __all__ = [
     "VARIANTS",
@@ -528,7 +529,7 @@ class ImageNetLoadReport:
     kept: list[str] = field(default_factory=list)
 
 
-def _read_checkpoint(source: str | os.PathLike | Mapping, allow_pickle: bool) -> Mapping[str, Tensor]:
+def _read_checkpoint(source: str | os.PathLike | Mapping) -> Mapping[str, Tensor]:
     if isinstance(source, Mapping):
         state = source
     else:
@@ -538,16 +539,8 @@ def _read_checkpoint(source: str | os.PathLike | Mapping, allow_pickle: bool) ->
                 f"EfficientFormerV2 ImageNet checkpoint {path} does not exist; download Snap's "
                 "eformer_{s1,s2,l}_450.pth and pass its path."
             )
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-        except Exception as err:  # any unpickling failure becomes one clear message
-            hint = (
-                " If the file comes from a source you trust and holds extra Python objects, call again "
-                "with allow_pickle=True."
-                if not allow_pickle
-                else ""
-            )
-            raise CheckpointError(f"Could not read {path} as a PyTorch checkpoint ({err}).{hint}") from err
+        # weights-only first; extra Python objects are read by the restricted unpickler (no code runs)
+        state = safe_load(path)
     if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
         state = state["model"]
     elif isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
@@ -562,9 +555,7 @@ def _read_checkpoint(source: str | os.PathLike | Mapping, allow_pickle: bool) ->
     return state
 
 
-def load_imagenet_weights(
-    model: EfficientFormerV2, source: str | os.PathLike | Mapping, allow_pickle: bool = False
-) -> ImageNetLoadReport:
+def load_imagenet_weights(model: EfficientFormerV2, source: str | os.PathLike | Mapping) -> ImageNetLoadReport:
     """Load Snap's ImageNet checkpoint (``eformer_{s1,s2,l}_450.pth``) into the backbone.
 
     Mapping (reference README): the checkpoint's ``model`` entry holds keys named exactly like ours;
@@ -576,12 +567,11 @@ def load_imagenet_weights(
     Args:
         model: an :class:`EfficientFormerV2` of the checkpoint's variant.
         source: path of the ``.pth`` file, or an already loaded state dict (or {"model": ...}).
-        allow_pickle: unpickle arbitrary objects (only for checkpoints you trust).
 
     Returns:
         an :class:`ImageNetLoadReport`.
     """
-    state = _read_checkpoint(source, allow_pickle)
+    state = _read_checkpoint(source)
     own = model.state_dict()
     report = ImageNetLoadReport()
     to_load = {}
