@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "offseg_vis.bench.commands",
     "offseg_vis.app.commands",
     "offseg_vis.analysis.commands",
+    "offseg_vis.analysis.explore_commands",
 )
 
 
