@@ -101,3 +101,20 @@ def test_eval_root_of_another_split_is_refused(checkpoint, tmp_path, capsys):
     capsys.readouterr()
     code, _, err = run_eval([str(path), "--root", str(folder), "--split", "val"], capsys)
     assert code == 2 and "train split" in err and "--split train" in err
+
+
+def test_data_check_root_checks_the_stored_set(tmp_path, capsys):
+    root = tmp_path / "scenes"
+    assert main(["data", "fashion-scenes", "--out", str(root), "--val", "3", "--seed", str(SEED)]) == 0
+    (folder,) = [p for p in root.iterdir() if p.is_dir()]
+    capsys.readouterr()
+    assert main(["data", "check", str(root), "--dataset", "fashion-scenes"]) == 0
+    out = capsys.readouterr().out
+    assert f"at {folder}" in out and "images checked: 3" in out and "problems: 0" in out
+    assert f"seed {SEED}" in out.splitlines()[0]  # the set's generator parameters, in one line
+    assert [p for p in root.iterdir() if p.is_dir()] == [folder]  # no default-seed set generated beside it
+    # an empty folder is a problem, not a reason to generate 1,000 scenes into it
+    (tmp_path / "empty").mkdir()
+    assert main(["data", "check", str(tmp_path / "empty"), "--dataset", "fashion-scenes"]) == 2
+    assert "no stored FashionScenes val set" in capsys.readouterr().out
+    assert not any((tmp_path / "empty").iterdir())

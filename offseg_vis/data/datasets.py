@@ -40,6 +40,7 @@ from offseg_vis.data.class_names import (
     PASCAL_CONTEXT59_CLASSES,
     generated_palette,
 )
+from offseg_vis.data.fashion_scenes import FashionScenes, config_from_dict, open_stored_set
 from offseg_vis.data.paths import default_data_dir
 from offseg_vis.errors import ConfigError, DatasetError
 
@@ -555,8 +556,6 @@ def build_dataset(name: str, root: str | Path | None = None, split: str = "train
     """
     key = canonical_name(name)
     if key == "fashion-scenes":
-        from offseg_vis.data.fashion_scenes import FashionScenes, config_from_dict
-
         config = kwargs.pop("config", None)
         if isinstance(config, dict):
             config = config_from_dict(config)
@@ -631,16 +630,27 @@ def check_dataset(
 
     key = canonical_name(name)
     try:
-        if key == "fashion-scenes":
+        if key == "fashion-scenes" and root is not None and not kwargs:
+            # a given root is checked as stored (its manifest decides), never regenerated with defaults
+            dataset = open_stored_set(root, split)
+            if dataset is None:
+                raise DatasetError(
+                    f"{root} holds no stored FashionScenes {split} set (no folder with a manifest.json); "
+                    f"write one with `offseg data fashion-scenes --out {root}`."
+                )
+        elif key == "fashion-scenes":
             dataset = build_dataset(key, root, split, stream=False, **kwargs)
         else:
             dataset = READERS[key](_resolve_root(key, root), split=split, strict=False, **kwargs)
             dataset.verify_files = True
     except DatasetError as err:
         return CheckReport(key, str(root), split, (), problems=[str(err)])
+    # FashionScenes: the set's own folder, and a line with its generator parameters
+    where = getattr(dataset, "folder", None) or getattr(dataset, "root", root)
+    note = dataset.describe() if key == "fashion-scenes" else getattr(dataset, "note", None)
     report = CheckReport(
-        key, str(getattr(dataset, "root", root)), split, tuple(dataset.classes),
-        histogram=np.zeros(len(dataset.classes), dtype=np.int64), note=getattr(dataset, "note", None),
+        key, str(where), split, tuple(dataset.classes),
+        histogram=np.zeros(len(dataset.classes), dtype=np.int64), note=note,
     )  # fmt: skip
     report.problems.extend(getattr(dataset, "problems", []))
     if len(dataset) == 0:

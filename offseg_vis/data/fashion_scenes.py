@@ -56,6 +56,7 @@ __all__ = [
     "build_cache",
     "default_root",
     "stored_sets",
+    "open_stored_set",
     "find_fashion_mnist",
 ]
 
@@ -728,6 +729,32 @@ class FashionScenes(torch.utils.data.Dataset):
     def __repr__(self) -> str:
         mode = "stream" if self.stream else f"cache at {self.folder}"
         return f"FashionScenes(split={self.split!r}, length={self.length}, {mode}, config={self.config})"
+
+
+def open_stored_set(root: str | Path, split: str) -> FashionScenes | None:
+    """The one stored set of ``split`` under ``root`` (or ``root`` itself when it is a set's folder),
+    read by its manifest; None when there is none.
+
+    Raises:
+        DatasetError: ``root`` holds several sets of ``split`` (the sentence lists each with its
+            folder and parameters), or ``root`` is itself a set of another split.
+    """
+    found = stored_sets(root, split)
+    if len(found) > 1:
+        listing = "; ".join(FashionScenes.from_folder(f).describe() for f in found)
+        raise DatasetError(
+            f"{root} holds {len(found)} FashionScenes {split} sets, so which one to use is ambiguous: "
+            f"{listing}. Pass the folder of the one you mean as the root."
+        )
+    if not found:
+        return None
+    scenes = FashionScenes.from_folder(found[0])
+    if scenes.split != split:
+        raise DatasetError(
+            f"{found[0]} stores the FashionScenes {scenes.split} split, not {split!r}; pass --split "
+            f"{scenes.split} or the folder of a {split} set."
+        )
+    return scenes
 
 
 def config_from_dict(values: dict) -> FashionScenesConfig:

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from offseg_vis.data.datasets import build_dataset, canonical_name
-from offseg_vis.data.fashion_scenes import FashionScenes, stored_sets
+from offseg_vis.data.fashion_scenes import open_stored_set
 from offseg_vis.data.transforms import TestTransform, TrainTransform, TransformedDataset
 from offseg_vis.engine.config import Config, TestConfig, as_pair
 from offseg_vis.engine.evaluate import SegMetrics, evaluate
-from offseg_vis.errors import ConfigError, DatasetError
+from offseg_vis.errors import ConfigError
 
 ROLES = ("train", "val")
 
@@ -64,28 +64,6 @@ def _split_options(cfg: Config, role: str) -> tuple[str, dict]:
     return d.val_split, {**d.dataset_options, **d.val_options}
 
 
-def _stored_fashion_scenes(root: str | Path, split: str) -> FashionScenes | None:
-    """The one FashionScenes set of ``split`` stored under ``root`` (or ``root`` itself when it is a
-    set's folder); None when there is none; DatasetError when there are several (the sentence lists
-    them) or ``root`` is a set of another split."""
-    found = stored_sets(root, split)
-    if len(found) > 1:
-        listing = "; ".join(FashionScenes.from_folder(f).describe() for f in found)
-        raise DatasetError(
-            f"{root} holds {len(found)} FashionScenes {split} sets, so which one to use is ambiguous: "
-            f"{listing}. Pass the folder of the one you mean as the root."
-        )
-    if not found:
-        return None
-    scenes = FashionScenes.from_folder(found[0])
-    if scenes.split != split:
-        raise DatasetError(
-            f"{found[0]} stores the FashionScenes {scenes.split} split, not {split!r}; pass --split {scenes.split} "
-            f"or the folder of a {split} set."
-        )
-    return scenes
-
-
 def datasets_for(cfg: Config, split: str, raw: Any = None, stored_root: str | Path | None = None) -> DataSplit:
     """Build the ``split`` of ``cfg``'s dataset with its transform and class names.
 
@@ -113,7 +91,7 @@ def datasets_for(cfg: Config, split: str, raw: Any = None, stored_root: str | Pa
     name, options = _split_options(cfg, split)
     note = None
     if raw is None and stored_root is not None and canonical_name(d.dataset) == "fashion-scenes":
-        raw = _stored_fashion_scenes(stored_root, name)
+        raw = open_stored_set(stored_root, name)
         if raw is None:
             note = f"{stored_root} held no stored {name} set, so the config's set is generated there"
     if raw is None:
