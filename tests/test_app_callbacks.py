@@ -15,6 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
+from offseg_vis.analysis import offsets
+from offseg_vis.analysis.compare import OUTCOME_COLORS, compare_to_baseline
 from offseg_vis.analysis.corrections import BROKEN, CODE_COLORS, FIXED, UNCHANGED, correction_map
 from offseg_vis.analysis.probe import probe
 from offseg_vis.app import callbacks, render
@@ -34,20 +36,10 @@ def _png(width: int, height: int, bit_depth: int = 8, color_type: int = 2, raw: 
     """A PNG written by hand (for sizes and depths Pillow will not write)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data))
-            + kind
-            + data
-            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-        )
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(raw))
-        + chunk(b"IEND", b"")
-    )
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
 
 
 def _rgb(h: int = 40, w: int = 60, seed: int = 0) -> np.ndarray:
@@ -207,12 +199,13 @@ def test_gallery_ships_scenes_with_masks():
     assert masks.lookup(np.zeros((128, 128, 3), np.uint8)) is None
 
 
-def test_registry_puts_offset_first_and_pairs_the_baseline(ctx):
+def test_registry_puts_offset_first_and_finds_the_twin_from_the_cards(ctx):
     offset = ctx.registry.get(None)
     assert offset.is_offset and offset.label == ctx.registry.labels[0]
-    baseline = ctx.registry.baseline_for(offset)
-    assert baseline is not None and not baseline.is_offset
-    assert ctx.registry.baseline_for(baseline) is None
+    twin, how = ctx.registry.twin_for(offset)
+    assert twin is not None and not twin.is_offset and twin.path.name in how
+    back, _ = ctx.registry.twin_for(twin)
+    assert back is offset  # twins both ways
     card = offset.card_markdown()
     assert offset.model_name in card and "parameters" in card and "mIoU" in card and "ankle boot" in card
     assert offset.num_params == sum(p.numel() for p in offset.model.parameters())
@@ -259,19 +252,71 @@ def test_segment_rejects_missing_and_bad_uploads_then_still_works(ctx, tmp_path,
     assert result.annotated[0].shape == (48, 40, 3) and result.analysis.probe.label is None
 
 
+def test_twin_discovery_needs_the_same_recipe(ctx, tmp_path):
+    from offseg_vis.app.models import recipe_key
+
+    offset = ctx.registry.get(None)
+    twin, _ = ctx.registry.twin_for(offset)
+    meta = dict(offset.metadata)
+    assert recipe_key(meta) == recipe_key(twin.metadata)  # the shipped (or untrained) pair are twins
+    if recipe_key(meta) is not None:
+        changed = {**twin.metadata, "config": {**twin.metadata["config"], "runtime": {"seed": 1}}}
+        other_seed = type(twin)(**{**twin.__dict__, "metadata": changed, "label": "other seed"})
+        registry = ModelRegistry([offset, other_seed])
+        found, how = registry.twin_for(offset)
+        assert found is None and "same recipe, data and seed" in how
+        only_offset = AppContext(registry, AppSettings(warm_up_umap=False))
+        assert (
+            "No twin"
+            in callbacks.compare(only_offset, callbacks.segment(only_offset, example_images()[0]).analysis).text
+        )
+
+
+def test_segment_computes_the_prediction_only(segmented):
+    p = segmented.analysis.probe
+    assert p.computed == {"prediction"} and p.class_attention is None and p.features is None
+
+
 def test_offset_panels(ctx, segmented):
     panels = callbacks.offset_panels(ctx, segmented.analysis)
-    p = segmented.analysis.probe
+    p = segmented.analysis.probe  # now with every intermediate (computed once by the panel)
+    entry = ctx.registry.get(None)
+    direct = probe(entry.model, [p.image], [p.label])[0]
+    np.testing.assert_array_equal(p.features, direct.features)
+    np.testing.assert_array_equal(p.class_attention, direct.class_attention)
     assert panels.correction.shape == (384, 384, 3)  # 128 px scene enlarged 3x for display
     assert panels.magnitude.shape == (384 + 34, 384, 3)
-    names = ctx.registry.get(None).class_names
+    np.testing.assert_array_equal(panels.correction, render.correction_overlay(p.image, correction_map(direct)))
+    ratio = offsets.feature_offset_ratio(direct)
+    np.testing.assert_array_equal(
+        panels.magnitude,
+        render.heatmap_overlay(p.image, ratio, p.input_size, p.padded_size, cmap="magma", label="|dE| / |E|", vmin=0.0),
+    )
+    names = entry.class_names
     present = {names[c] for c in np.unique(p.prediction)} | {names[c] for c in np.unique(p.label)}
     assert {row[0] for row in panels.class_offsets} == present
-    assert all(row[1] >= 0 for row in panels.class_offsets)
+    class_ratio = offsets.class_offset_ratio(direct)
+    for name, value in panels.class_offsets:
+        assert value == round(float(class_ratio[names.index(name)]), 4)
     assert panels.attention_default in panels.attention_classes
-    assert "% of the pixels" in panels.correction_text and "‖ΔE‖/‖E‖" in panels.magnitude_text
+    cmap = correction_map(direct)
+    assert "Ablation: offsets switched off" in panels.correction_text
+    assert f"net {cmap.net_fixed():+,} pixels" in panels.correction_text
+    assert f"{100 * cmap.changed_fraction():.1f} % of the pixels" in panels.correction_text
+    assert "‖ΔE‖/‖E‖" in panels.magnitude_text
     image, text = callbacks.attention_panel(ctx, segmented.analysis, panels.attention_classes[-1])
-    assert image.shape == (384 + 34, 384, 3) and panels.attention_classes[-1] in text
+    k = names.index(panels.attention_classes[-1])
+    expected = render.heatmap_overlay(
+        p.image,
+        direct.class_attention[k],
+        p.input_size,
+        p.padded_size,
+        cmap="inferno",
+        label=f"attention: {names[k]}",
+        vmin=0.0,
+    )
+    np.testing.assert_array_equal(image, expected)
+    assert panels.attention_classes[-1] in text
     with pytest.raises(InputError, match="Unknown class"):
         callbacks.attention_panel(ctx, segmented.analysis, "unicorn")
     with pytest.raises(InputError, match="Segment an image first"):
@@ -297,30 +342,64 @@ def test_correction_overlay_colours_codes():
     assert CODE_COLORS[FIXED] != CODE_COLORS[BROKEN] != CODE_COLORS[UNCHANGED]
 
 
-def test_compare_highlights_disagreement(ctx, segmented):
+def test_compare_with_the_twin_equals_compare_to_baseline(ctx, segmented, example):
     panels = callbacks.compare(ctx, segmented.analysis)
     p = segmented.analysis.probe
-    base = probe(ctx.registry.baseline_for(ctx.registry.get(None)).model, [p.image])[0]
-    differ = p.prediction != base.prediction
+    offset = ctx.registry.get(None)
+    twin, _ = ctx.registry.twin_for(offset)
+    ol = probe(offset.model, [p.image], [example[2]])[0]
+    base = probe(twin.model, [p.image], [example[2]])[0]
+    expected = compare_to_baseline([ol], [base], offset.class_names)
+    assert panels.comparison.totals() == expected.totals()
+    np.testing.assert_array_equal(panels.comparison.codes[0], expected.codes[0])
+    t = expected.totals()
+    assert f"fixed {t['fixed']:,} " in panels.text and f"broke {t['broken']:,} " in panels.text
+    assert f"net {expected.net_fixed:+,}" in panels.text
+    assert sum(t.values()) == int((example[2] != 255).sum())
+    f = panels.outcome.shape[0] // p.image.shape[0]
+    for code in (1, 2, 3):  # fixed, broken, both wrong: their colour blended over the gray image
+        sel = expected.codes[0] == code
+        if sel.any():
+            pixel = panels.outcome[::f, ::f][sel][0].astype(int)
+            assert np.argmax(pixel) == int(np.argmax(OUTCOME_COLORS[code]))
+    np.testing.assert_array_equal(panels.outcome, render.twin_overlay(p.image, expected.codes[0]))
+    differ = ol.prediction != base.prediction
     assert f"{100 * differ.mean():.1f} %" in panels.text
-    f = panels.disagreement.shape[0] // p.image.shape[0]
     magenta = np.all(panels.disagreement[::f, ::f] == render.DISAGREE_RGB, axis=-1)
     np.testing.assert_array_equal(magenta, differ)
-    only_offset = AppContext(ModelRegistry([ctx.registry.get(None)]), AppSettings(warm_up_umap=False))
-    assert "No per-pixel baseline" in callbacks.compare(only_offset, segmented.analysis).text
+    only_offset = AppContext(ModelRegistry([offset]), AppSettings(warm_up_umap=False))
+    assert "No twin" in callbacks.compare(only_offset, segmented.analysis).text
 
 
-def test_linear_model_has_no_offset_panels(ctx, example):
-    linear = ctx.registry.baseline_for(ctx.registry.get(None))
+def test_linear_model_has_no_offset_panels_and_is_compared_with_its_offset_twin(ctx, example):
+    offset = ctx.registry.get(None)
+    linear, _ = ctx.registry.twin_for(offset)
     result = callbacks.segment(ctx, example[0], linear.label)
     panels = callbacks.offset_panels(ctx, result.analysis)
     assert panels.correction is None and "no offsets" in panels.note
-    assert "itself the per-pixel baseline" in callbacks.compare(ctx, result.analysis).text
+    from_linear = callbacks.compare(ctx, result.analysis)
+    from_offset = callbacks.compare(ctx, callbacks.segment(ctx, example[0], offset.label).analysis)
+    assert from_linear.comparison.totals() == from_offset.comparison.totals()
 
 
 def test_embedding_panel_pca_and_budget_choice(ctx, segmented):
+    from offseg_vis.analysis.embedding import embed_pixels
+    from offseg_vis.analysis.plots import figure_to_array, plot_joint_embedding
+
     picture, text = callbacks.embedding_panel(ctx, segmented.analysis, "pca")
-    assert picture.ndim == 3 and picture.shape[2] == 3 and picture.dtype == np.uint8
+    settings = ctx.settings.embedding
+    entry = ctx.registry.get(None)
+    emb = embed_pixels(
+        [callbacks.full_probe(ctx, segmented.analysis)],
+        max_points=settings.pca_points,
+        seed=0,
+        method="pca",
+        n_epochs=settings.n_epochs,
+        n_arrows=settings.n_arrows,
+    )
+    expected = figure_to_array(plot_joint_embedding(emb, entry.class_names, entry.palette, point_size=5.0))
+    np.testing.assert_array_equal(picture, expected)  # the panel is exactly the analysis figure
+    assert f"{emb.params['points']:,} points" in text
     assert text.startswith("PCA") and "points" in text
     with pytest.raises(InputError, match="Unknown embedding method"):
         callbacks.embedding_panel(ctx, segmented.analysis, "tsne")

@@ -1,9 +1,11 @@
 """What each button of the app does, as plain functions (no gradio here, so they are unit-testable).
 
-One upload is decoded and run through the model once (:func:`segment`, via ``analysis.probe``); the
-resulting :class:`Analysis` is kept in the user's session and every other panel — correction map, offset
-magnitudes, class attention, baseline comparison, embedding — is drawn from it without running the
-offset model again. Bad input raises :class:`~offseg_vis.errors.InputError` with a sentence for the user.
+One upload is decoded and run through the model (:func:`segment`, via ``analysis.probe`` asking only for
+the prediction, so the segmentation panel never pays for attention maps); the resulting :class:`Analysis`
+is kept in the user's session. The twin comparison runs the twin model on the same image; the panels that
+look inside Offset Learning (the offsets-switched-off ablation, offset magnitudes, class attention,
+embedding) ask for the intermediates once (:func:`full_probe`) and share them. Bad input raises
+:class:`~offseg_vis.errors.InputError` with a sentence for the user.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from offseg_vis.analysis import offsets
+from offseg_vis.analysis.compare import TwinComparison, compare_to_baseline
 from offseg_vis.analysis.corrections import correction_map
 from offseg_vis.analysis.embedding import embed_pixels
 from offseg_vis.analysis.probe import ImageProbe, probe
@@ -27,6 +30,7 @@ from offseg_vis.app.models import LoadedModel, ModelRegistry
 from offseg_vis.errors import InputError
 
 EMBEDDING_METHODS = ("auto", "umap", "pca")
+SEGMENT_OUTPUTS = frozenset({"prediction"})  # the segmentation panel shows the prediction only
 
 
 @dataclass(frozen=True)
@@ -130,13 +134,16 @@ def segment(ctx: AppContext, image_path: str | Path | None, model_label: str | N
     loaded = load_image(image_path, ctx.settings.limits)
     label = _known_mask(ctx, entry, loaded.image)
     with entry.lock:
-        p = probe(entry.model, [loaded.image], None if label is None else [label])[0]
+        p = probe(entry.model, [loaded.image], None if label is None else [label], need=SEGMENT_OUTPUTS)[0]
     seconds = time.perf_counter() - start
     analysis = Analysis(entry.label, p, list(loaded.notices), seconds)
     h, w = loaded.image.shape[:2]
     lines = [f"Segmented a {w}×{h} image with {entry.model_name} ({entry.classifier}) in {seconds:.2f} s."]
     if label is not None:
-        lines.append("This is a gallery scene, so its ground truth is known: the correction map shows fixes.")
+        lines.append(
+            "This is a gallery scene, so its ground truth is known: the twin comparison shows what Offset "
+            "Learning fixed and broke."
+        )
     lines += loaded.notices
     analysis.status = "\n\n".join(lines)
     return SegmentResult(
@@ -151,6 +158,19 @@ def _need(analysis: Analysis | None) -> Analysis:
     if analysis is None:
         raise InputError("Segment an image first; this panel explains the last segmentation.")
     return analysis
+
+
+def full_probe(ctx: AppContext, analysis: Analysis) -> ImageProbe:
+    """The analysis's probe with every intermediate (E, E', W, W', attentions, the offsets-off prediction),
+    computed on first use by the panels that show them and kept in the analysis for the others."""
+    p = analysis.probe
+    if "features" in p.computed:
+        return p
+    entry = ctx.registry.get(analysis.model_label)
+    with entry.lock:
+        full = probe(entry.model, [p.image], None if p.label is None else [p.label])[0]
+    analysis.probe = full
+    return full
 
 
 @dataclass
@@ -183,29 +203,32 @@ def _present_classes(p: ImageProbe) -> list[int]:
 
 
 def offset_panels(ctx: AppContext, analysis: Analysis | None) -> OffsetPanels:
-    """Correction map, ‖ΔE‖/‖E‖ heatmap and ‖ΔW‖/‖W‖ of the present classes, from the stored analysis."""
+    """Ablation map (offsets switched off), ‖ΔE‖/‖E‖ heatmap and ‖ΔW‖/‖W‖ of the present classes."""
     analysis = _need(analysis)
     entry = ctx.registry.get(analysis.model_label)
-    p = analysis.probe
-    if not p.is_offset_model:
-        note = (
-            "This is the per-pixel baseline: it has no offsets. Choose an Offset Learning model to see them."
-        )
+    if not analysis.probe.is_offset_model:
+        note = "This is the per-pixel baseline: it has no offsets. Choose an Offset Learning model to see them."
         return OffsetPanels(None, note, None, note, [], [], None, note)
+    p = full_probe(ctx, analysis)
     names = entry.class_names
     cmap = correction_map(p)
     legend = ", ".join(f"{name} {count:,} px" for name, _, count in render.correction_legend(cmap))
     changed = 100 * cmap.changed_fraction()
+    ablation = (
+        "**Ablation: offsets switched off.** This compares the model with ΔW = ΔE = 0 — a classifier nobody "
+        "trained, which scores far below both real models — with the model itself; it shows how much the "
+        "predictions lean on the offsets, not what Offset Learning gains over a per-pixel model (that is the "
+        "twin comparison above). "
+    )
     if cmap.has_label:
-        text = (
-            f"The offsets changed the class of {changed:.1f} % of the pixels — green: fixed (wrong → right), "
-            f"red: broken (right → wrong), orange: changed but still wrong; net {cmap.net_fixed():+,} pixels "
-            f"({legend})."
+        text = ablation + (
+            f"Switching the offsets on changes the class of {changed:.1f} % of the pixels — green: wrong → right, "
+            f"red: right → wrong, orange: changed but still wrong; net {cmap.net_fixed():+,} pixels ({legend})."
         )
     else:
-        text = (
-            f"The offsets changed the class of {changed:.1f} % of the pixels (blue; {legend}). "
-            "Without a ground truth, fixed and broken cannot be told apart — try a gallery scene."
+        text = ablation + (
+            f"Switching the offsets on changes the class of {changed:.1f} % of the pixels (blue; {legend}). "
+            "Without a ground truth, right and wrong cannot be told apart — try a gallery scene."
         )
     ratio = offsets.feature_offset_ratio(p)  # (h, w)
     magnitude = render.heatmap_overlay(
@@ -232,18 +255,16 @@ def offset_panels(ctx: AppContext, analysis: Analysis | None) -> OffsetPanels:
     )
 
 
-def attention_panel(
-    ctx: AppContext, analysis: Analysis | None, class_name: str | None
-) -> tuple[np.ndarray, str]:
+def attention_panel(ctx: AppContext, analysis: Analysis | None, class_name: str | None) -> tuple[np.ndarray, str]:
     """Class attention softmax_pixels(E·W_kᵀ) of one class over the image.
 
     Returns ((f*H + 34, f*W, 3) uint8 picture with its colour bar, text).
     """
     analysis = _need(analysis)
     entry = ctx.registry.get(analysis.model_label)
-    p = analysis.probe
-    if not p.is_offset_model:
+    if not analysis.probe.is_offset_model:
         raise InputError("The per-pixel baseline has no class attention; choose an Offset Learning model.")
+    p = full_probe(ctx, analysis)
     if class_name not in entry.class_names:
         raise InputError(f"Unknown class {class_name!r}; pick one of the classes in the list.")
     k = entry.class_names.index(class_name)
@@ -261,55 +282,68 @@ def attention_panel(
 
 @dataclass
 class ComparePanels:
-    """Output of :func:`compare`: overlays of both models and their disagreement ((f*H, f*W, 3) uint8 each),
-    or only ``text`` when there is no baseline."""
+    """Output of :func:`compare`: Offset Learning vs its per-pixel twin on the uploaded image.
+
+    offset_overlay, baseline_overlay: each model's prediction over the image; disagreement: where they
+    differ (magenta); outcome: the twin comparison's codes (fixed green, broken red, both wrong orange,
+    both right gray) when the ground truth is known, else None; all (f*H, f*W, 3) uint8 or None when no
+    twin is loaded. comparison: the :class:`TwinComparison` (None without ground truth or twin); text: the
+    sentences for the page.
+    """
 
     offset_overlay: np.ndarray | None
     baseline_overlay: np.ndarray | None
     disagreement: np.ndarray | None
     text: str
+    outcome: np.ndarray | None = None
+    comparison: TwinComparison | None = None
 
 
 def compare(ctx: AppContext, analysis: Analysis | None) -> ComparePanels:
-    """Run the per-pixel baseline on the same image and highlight where it disagrees with the offset model."""
+    """What Offset Learning changed: the chosen model against its twin (same recipe, data and seed per the
+    checkpoint cards, other classifier) on the same image, against the ground truth when it is known."""
     analysis = _need(analysis)
     entry = ctx.registry.get(analysis.model_label)
-    baseline = ctx.registry.baseline_for(entry)
-    if baseline is None:
-        reason = (
-            "The chosen model is itself the per-pixel baseline."
-            if not entry.is_offset
-            else "No per-pixel baseline checkpoint is loaded (add e.g. offseg-mbv2_linear.safetensors)."
-        )
-        return ComparePanels(None, None, None, reason)
+    twin, how = ctx.registry.twin_for(entry)
+    if twin is None:
+        return ComparePanels(None, None, None, how)
     p = analysis.probe
     start = time.perf_counter()
-    with baseline.lock:
-        base = probe(baseline.model, [p.image])[0]
+    with twin.lock:
+        other = probe(twin.model, [p.image], None if p.label is None else [p.label], need=SEGMENT_OUTPUTS)[0]
     seconds = time.perf_counter() - start
-    differ = p.prediction != base.prediction
+    (ol, ol_entry), (lin, lin_entry) = ((p, entry), (other, twin)) if entry.is_offset else ((other, twin), (p, entry))
+    differ = ol.prediction != lin.prediction
     text = (
-        f"The two models disagree on {100 * differ.mean():.1f} % of the pixels (magenta). "
-        f"Baseline {baseline.model_name} ran in {seconds:.2f} s."
+        f"Compared with {how}. The two disagree on {100 * differ.mean():.1f} % of the pixels (magenta); "
+        f"{twin.model_name} ({twin.classifier}) ran in {seconds:.2f} s."
     )
+    comparison, outcome = None, None
     if p.label is not None:
-        valid = p.label != 255
-        acc_off = 100 * float((p.prediction == p.label)[valid].mean()) if valid.any() else float("nan")
-        acc_base = 100 * float((base.prediction == p.label)[valid].mean()) if valid.any() else float("nan")
-        text += (
-            f" Pixel accuracy against the ground truth: offset {acc_off:.1f} %, baseline {acc_base:.1f} %."
+        comparison = compare_to_baseline([ol], [lin], entry.class_names)
+        t = comparison.totals()
+        acc_ol, acc_lin = comparison.accuracies()
+        text = (
+            f"**What Offset Learning changed** against its per-pixel twin on {comparison.labelled_pixels:,} labelled "
+            f"pixels: fixed {t['fixed']:,} (green: twin wrong, OL right), broke {t['broken']:,} (red: twin right, "
+            f"OL wrong), net {comparison.net_fixed:+,}; both wrong {t['both_wrong']:,} (orange), both right "
+            f"{t['both_right']:,} (gray). Pixel accuracy {100 * acc_ol:.1f} % (Offset Learning) vs "
+            f"{100 * acc_lin:.1f} % (twin). " + text
         )
+        outcome = render.twin_overlay(p.image, comparison.codes[0])
+    else:
+        text += " Without a ground truth, fixed and broken cannot be told apart — try a gallery scene."
     return ComparePanels(
-        render.segmentation_overlay(p.image, p.prediction, entry.palette),
-        render.segmentation_overlay(p.image, base.prediction, baseline.palette),
-        render.disagreement_overlay(p.image, p.prediction, base.prediction),
+        render.segmentation_overlay(p.image, ol.prediction, ol_entry.palette),
+        render.segmentation_overlay(p.image, lin.prediction, lin_entry.palette),
+        render.disagreement_overlay(p.image, ol.prediction, lin.prediction),
         text,
+        outcome,
+        comparison,
     )
 
 
-def embedding_panel(
-    ctx: AppContext, analysis: Analysis | None, method: str = "auto"
-) -> tuple[np.ndarray, str]:
+def embedding_panel(ctx: AppContext, analysis: Analysis | None, method: str = "auto") -> tuple[np.ndarray, str]:
     """This image's pixel features before (E) and after (E') the offsets in one 2-D map, with W and W'.
 
     ``method`` is "auto" (UMAP when it fits the time budget, else PCA), "umap" or "pca".
@@ -319,9 +353,7 @@ def embedding_panel(
 
     analysis = _need(analysis)
     if method not in EMBEDDING_METHODS:
-        raise InputError(
-            f"Unknown embedding method {method!r}; choose one of {', '.join(EMBEDDING_METHODS)}."
-        )
+        raise InputError(f"Unknown embedding method {method!r}; choose one of {', '.join(EMBEDDING_METHODS)}.")
     entry = ctx.registry.get(analysis.model_label)
     settings = ctx.settings.embedding
     start = time.perf_counter()
@@ -329,7 +361,7 @@ def embedding_panel(
     points = settings.umap_points if chosen == "umap" else settings.pca_points
     try:
         emb = embed_pixels(
-            [analysis.probe],
+            [full_probe(ctx, analysis)],
             max_points=points,
             seed=0,
             method=chosen,
@@ -347,6 +379,6 @@ def embedding_panel(
     text = (
         f"{why} {emb.params['points']:,} points (pixels coloured by {source} class) fitted in "
         f"{emb.fit_seconds:.2f} s; panel ready in {total:.2f} s. Stars: class embeddings W; diamonds: W' for "
-        "this image."
+        "this image (both centred over the classes: the part shared by every class cannot change a prediction)."
     )
     return picture, text

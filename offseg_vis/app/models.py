@@ -7,6 +7,7 @@ one model never runs two images at once, whoever calls it (the web queue also li
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Sequence
@@ -52,6 +53,36 @@ def card_metrics(meta: dict) -> dict:
         if isinstance(meta.get(key), dict) and meta[key]:
             return meta[key]
     return {}
+
+
+# Runtime settings that do not change what is learned (where it ran, logging); the seed does and stays.
+_EXECUTION_ONLY = ("work_dir", "progress", "tensorboard", "overwrite", "num_threads", "device", "save_half")
+
+
+def recipe_key(meta: dict) -> str | None:
+    """What a checkpoint's card says it was trained with, minus the classifier: the zoo model, the classes,
+    the config (recipe, data, seed; the classifier and execution-only runtime settings removed), the card's
+    data section and the training steps. Two checkpoints are twins when these are equal and the classifiers
+    differ. None when the card records no config."""
+    cfg = meta.get("config")
+    if not isinstance(cfg, dict):
+        return None
+    cfg = json.loads(json.dumps(cfg))  # a deep copy of plain JSON
+    model = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
+    for key in ("classifier", "classifier_options", "pretrained"):
+        model.pop(key, None)
+    runtime = cfg.get("runtime") if isinstance(cfg.get("runtime"), dict) else {}
+    for key in _EXECUTION_ONLY:
+        runtime.pop(key, None)
+    cfg.pop("name", None)
+    key = {
+        "model": meta.get("model"),
+        "classes": meta.get("class_names"),
+        "config": cfg,
+        "data": meta.get("data"),
+        "steps": meta.get("steps", meta.get("step")),
+    }
+    return json.dumps(key, sort_keys=True)
 
 
 def _class_names(meta: dict, k: int) -> list[str]:
@@ -213,17 +244,37 @@ class ModelRegistry:
         if label is None or label == "":
             return self.models[self.default_label]
         if label not in self.models:
-            raise CheckpointError(
-                f"There is no model called {label!r}; choose one of: {', '.join(self.labels)}."
-            )
+            raise CheckpointError(f"There is no model called {label!r}; choose one of: {', '.join(self.labels)}.")
         return self.models[label]
 
-    def baseline_for(self, entry: LoadedModel) -> LoadedModel | None:
-        """A per-pixel checkpoint comparable with ``entry`` (same classes; same architecture preferred)."""
-        if not entry.is_offset:
-            return None
-        candidates = [
-            m for m in self.models.values() if not m.is_offset and m.class_names == entry.class_names
+    def twin_for(self, entry: LoadedModel) -> tuple[LoadedModel | None, str]:
+        """The loaded checkpoint trained like ``entry`` (same recipe, data and seed per the cards) but with the
+        other classifier, and a sentence saying how it was matched or why there is none."""
+        other = "linear" if entry.is_offset else "offset"
+        same = [
+            m
+            for m in self.models.values()
+            if m.classifier == other and m.model_name == entry.model_name and m.class_names == entry.class_names
         ]
-        candidates.sort(key=lambda m: m.model_name != entry.model_name)
-        return candidates[0] if candidates else None
+        mine = recipe_key(entry.metadata)
+        if mine is not None:
+            twins = [m for m in same if recipe_key(m.metadata) == mine]
+            if twins:
+                return twins[0], (
+                    f"its twin {twins[0].path.name}: the cards record the same recipe, data and seed, "
+                    f"with the {other} classifier"
+                )
+            return None, (
+                f"No twin of {entry.path.name} is loaded: no {other} checkpoint of {entry.model_name} with the same "
+                "recipe, data and seed (per the model cards). Load one to see what Offset Learning changed."
+            )
+        unrecorded = [m for m in same if recipe_key(m.metadata) is None]
+        if unrecorded:
+            return unrecorded[0], (
+                f"{unrecorded[0].path.name}, paired by model and classes only: neither card records its training "
+                "recipe, so they may not be twins"
+            )
+        return None, (
+            f"No twin of {entry.path.name} is loaded: its card records no training recipe and no {other} "
+            f"checkpoint of {entry.model_name} without one is loaded."
+        )

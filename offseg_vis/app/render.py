@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from offseg_vis.analysis.compare import BOTH_RIGHT, OUTCOME_COLORS
 from offseg_vis.analysis.corrections import CODE_COLORS, CODE_NAMES, UNCHANGED, CorrectionMap
 from offseg_vis.analysis.plots import overlay
 
@@ -60,14 +61,10 @@ def enlarge(picture: np.ndarray, min_side: int = MIN_DISPLAY_SIDE) -> np.ndarray
     return np.repeat(np.repeat(picture, factor, axis=0), factor, axis=1)
 
 
-def grid_to_image(
-    values: np.ndarray, input_size: tuple[int, int], padded_size: tuple[int, int]
-) -> np.ndarray:
+def grid_to_image(values: np.ndarray, input_size: tuple[int, int], padded_size: tuple[int, int]) -> np.ndarray:
     """(h, w) feature-grid values -> (H, W) float32: bilinear to the padded canvas, then crop the image."""
     hp, wp = padded_size
-    resized = Image.fromarray(np.asarray(values, dtype=np.float32)).resize(
-        (wp, hp), Image.Resampling.BILINEAR
-    )
+    resized = Image.fromarray(np.asarray(values, dtype=np.float32)).resize((wp, hp), Image.Resampling.BILINEAR)
     return np.asarray(resized)[: input_size[0], : input_size[1]]
 
 
@@ -89,9 +86,7 @@ def _gray(image: np.ndarray) -> np.ndarray:
 
 def _colorbar(width: int, cmap: str, vmin: float, vmax: float, label: str) -> np.ndarray:
     """A (34, width, 3) strip: the colour ramp with its end values and a label written under it."""
-    ramp = apply_colormap(
-        np.tile(np.linspace(vmin, vmax, width, dtype=np.float32), (12, 1)), cmap, vmin, vmax
-    )
+    ramp = apply_colormap(np.tile(np.linspace(vmin, vmax, width, dtype=np.float32), (12, 1)), cmap, vmin, vmax)
     strip = Image.new("RGB", (width, 34), (255, 255, 255))
     strip.paste(Image.fromarray(ramp), (0, 2))
     draw = ImageDraw.Draw(strip)
@@ -155,4 +150,16 @@ def disagreement_overlay(image: np.ndarray, first: np.ndarray, second: np.ndarra
     out = _gray(image) * 0.6 + 60
     differ = first != second
     out[differ] = np.asarray(DISAGREE_RGB, dtype=np.float32)
+    return enlarge(np.clip(out, 0, 255).astype(np.uint8))
+
+
+def twin_overlay(image: np.ndarray, codes: np.ndarray, alpha: float = 0.75) -> np.ndarray:
+    """Twin-comparison codes over the grayscale image: both-right pixels stay gray, fixed green, broken red,
+    both wrong orange, ignored black. (f*H, f*W, 3) uint8."""
+    out = _gray(image) * 0.8 + 40
+    for code, rgb in OUTCOME_COLORS.items():
+        if code == BOTH_RIGHT:
+            continue
+        sel = codes == code
+        out[sel] = (1 - alpha) * out[sel] + alpha * np.asarray(rgb, dtype=np.float32)
     return enlarge(np.clip(out, 0, 255).astype(np.uint8))

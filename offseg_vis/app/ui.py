@@ -2,10 +2,12 @@
 
 Event chain of one click on "Segment" (each step only runs when the previous one succeeded):
 
-    segment   (api_name="segment")  decode + ONE model run -> annotated image, class shares, session state
-    offsets                          correction map, ‖ΔE‖/‖E‖, ‖ΔW‖/‖W‖, class attention (from the state)
-    compare                          the per-pixel baseline on the same image, disagreement highlighted
-    embedding                        joint 2-D map of E / E' with W / W' (UMAP or PCA within 5 s)
+    segment   (api_name="segment")  decode + one model run (prediction only) -> annotated image, shares, state
+    compare                          the model's twin (same recipe/data/seed, other classifier) on the same
+                                     image: fixed / broken / both wrong / both right against the ground truth
+    offsets                          the intermediates (once), the ablation "offsets switched off",
+                                     ‖ΔE‖/‖E‖, ‖ΔW‖/‖W‖, class attention
+    embedding                        joint 2-D map of E / E' with class-centred W / W' (UMAP or PCA within 5 s)
 
 Steps that run a network share the concurrency group "model" with one slot, and each model also holds
 its own lock, so a model never runs two images at once; the queue is bounded. Errors meant for users
@@ -35,7 +37,8 @@ INTRO = """# OffSeg — offset learning, made visible
 Per-pixel classifiers compare every pixel feature with one fixed vector per class. **Offset Learning** lets
 the class vectors (W → W' = W + ΔW) and the pixel features (E → E' = E + ΔE) move towards each other for
 each image before they are compared. Upload an image (PNG, JPEG, WebP, BMP or TIFF) or click a gallery
-scene, press **Segment**, and see what the offsets changed."""
+scene, press **Segment**, and see what Offset Learning changed against its per-pixel twin (the same recipe,
+data and seed with a per-pixel classifier)."""
 
 
 def hand_over_upload_path(component: gr.Image) -> gr.Image:
@@ -139,7 +142,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
     @_user_errors
     def on_compare(analysis):
         panels = callbacks.compare(ctx, analysis)
-        return panels.offset_overlay, panels.baseline_overlay, panels.disagreement, panels.text
+        return panels.offset_overlay, panels.baseline_overlay, panels.outcome, panels.disagreement, panels.text
 
     @_user_errors
     def on_embedding(analysis, method):
@@ -151,9 +154,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         return ctx.registry.get(label).card_markdown()
 
     # ------------------------------------------------------------------ the page
-    with gr.Blocks(
-        title="OffSeg — offset learning", analytics_enabled=False, delete_cache=(3600, 3600)
-    ) as demo:
+    with gr.Blocks(title="OffSeg — offset learning", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         state = gr.State(None, time_to_live=STATE_SECONDS)
         gr.Markdown(INTRO)
         with gr.Row():
@@ -198,11 +199,25 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                     elem_id="shares",
                 )
 
-        gr.Markdown("## What the offsets did")
+        gr.Markdown("## What Offset Learning changed: against its per-pixel twin")
+        with gr.Row():
+            cmp_offset = gr.Image(label="Offset Learning", format="webp", interactive=False)
+            cmp_base = gr.Image(label="Per-pixel twin", format="webp", interactive=False)
+        with gr.Row():
+            cmp_outcome = gr.Image(
+                label="Fixed (green) / broken (red) / both wrong (orange) against the ground truth",
+                format="webp",
+                interactive=False,
+                elem_id="twin-comparison",
+            )
+            cmp_diff = gr.Image(label="Where they disagree", format="webp", interactive=False, elem_id="disagreement")
+        cmp_text = gr.Markdown()
+
+        gr.Markdown("## Inside Offset Learning")
         with gr.Row():
             with gr.Column():
                 correction = gr.Image(
-                    label="Correction map: pixels whose class the offsets changed",
+                    label="Ablation: offsets switched off (ΔW = ΔE = 0 → with offsets)",
                     format="webp",
                     interactive=False,
                     elem_id="correction",
@@ -238,15 +253,6 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 )
                 attention_text = gr.Markdown()
 
-        gr.Markdown("## Offset Learning vs the per-pixel baseline")
-        with gr.Row():
-            cmp_offset = gr.Image(label="Offset Learning", format="webp", interactive=False)
-            cmp_base = gr.Image(label="Per-pixel baseline", format="webp", interactive=False)
-            cmp_diff = gr.Image(
-                label="Where they disagree", format="webp", interactive=False, elem_id="disagreement"
-            )
-        cmp_text = gr.Markdown()
-
         gr.Markdown("## Pixel features and class embeddings, before and after the offsets")
         method = gr.Radio(list(EMBEDDING_METHODS), value="auto", label="Map", elem_id="embedding-method")
         embedding = gr.Image(
@@ -272,6 +278,13 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             )
             .success(_status_of, [state], [status], api_visibility="private", queue=False)
             .success(
+                on_compare,
+                [state],
+                [cmp_offset, cmp_base, cmp_outcome, cmp_diff, cmp_text],
+                api_visibility="private",
+                concurrency_id="model",
+            )
+            .success(
                 on_offsets,
                 [state],
                 [
@@ -287,13 +300,6 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 api_visibility="private",
                 concurrency_id="panels",
                 concurrency_limit=1,
-            )
-            .success(
-                on_compare,
-                [state],
-                [cmp_offset, cmp_base, cmp_diff, cmp_text],
-                api_visibility="private",
-                concurrency_id="model",
             )
             .success(
                 on_embedding,
