@@ -23,6 +23,7 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     fi
 fi
 
+# The test extra includes transformers: tests/test_mit_segformer.py compares MiT with its SegformerModel.
 echo "[setup] installing offseg_vis (editable) with notebook, test and explore extras"
 $PIP install -e ".[notebooks,test,explore]"
 
