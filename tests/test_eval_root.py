@@ -118,3 +118,32 @@ def test_data_check_root_checks_the_stored_set(tmp_path, capsys):
     assert main(["data", "check", str(tmp_path / "empty"), "--dataset", "fashion-scenes"]) == 2
     assert "no stored FashionScenes val set" in capsys.readouterr().out
     assert not any((tmp_path / "empty").iterdir())
+
+
+def test_predict_root_segments_the_stored_set(checkpoint, tmp_path, capsys):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    path, model, meta = checkpoint
+    root = tmp_path / "scenes"
+    assert main(["data", "fashion-scenes", "--out", str(root), "--val", "3", "--seed", str(SEED)]) == 0
+    (folder,) = [p for p in root.iterdir() if p.is_dir()]
+    capsys.readouterr()
+    out_dir = tmp_path / "pred"
+    argv = ["predict", str(path), "--root", str(root), "--max-images", "2", "--out", str(out_dir), "--device", "cpu"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"predicting 2 images of FashionScenes val: 3 scenes from {folder}" in out and f"seed {SEED}" in out
+    assert sorted(p.name for p in out_dir.glob("*_mask.png")) == ["val_000000_mask.png", "val_000001_mask.png"]
+    # each mask is the card's palette of the argmax on the seed-4242 scene (generated here, not read)
+    palette = np.asarray(meta["palette"], dtype=np.uint8)
+    stream = FashionScenes("val", config=FashionScenesConfig(seed=SEED), length=2, stream=True)
+    for i in range(2):
+        image = torch.from_numpy(stream[i][0].copy()).permute(2, 0, 1)[None]  # (1, 3, H, W)
+        with torch.no_grad():
+            labels = model.predict(model.normalize(image))[0].argmax(0).numpy()
+        written = np.asarray(Image.open(out_dir / f"val_{i:06d}_mask.png"))
+        np.testing.assert_array_equal(written, palette[labels])
+    assert main(["predict", str(path), "--out", str(out_dir)]) == 2  # neither files nor --root
+    assert "needs image files, or --root" in capsys.readouterr().err

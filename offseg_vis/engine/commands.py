@@ -66,8 +66,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("predict", help="segment images: colour masks and overlays")
     p.add_argument("checkpoint", help="weights file written by offseg train (.safetensors)")
-    p.add_argument("images", nargs="+", help="image files (png, jpg, ...)")
+    p.add_argument("images", nargs="*", help="image files (png, jpg, ...); or use --root")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--root",
+        default=None,
+        help="segment the images of a dataset stored here instead (fashion-scenes: the one stored set of "
+        "the split, read by its manifest)",
+    )
+    p.add_argument("--dataset", default=None, help="with --root: dataset name (default: the checkpoint's)")
+    p.add_argument("--split", default=None, help="with --root: split (default: the config's val split)")
+    p.add_argument("--max-images", type=int, default=None, help="with --root: only the first N images")
     p.add_argument("--mode", choices=["whole", "slide"], default="whole")
     p.add_argument("--crop", type=int, nargs="+", default=[512])
     p.add_argument("--stride", type=int, nargs="+", default=[480])
@@ -197,9 +206,41 @@ def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
     return palette[np.clip(labels, 0, len(palette) - 1)]
 
 
+def _images_to_predict(args: argparse.Namespace, meta: dict):
+    """(image uint8 (H, W, 3), name, source) for each input: the files given, or the stored dataset."""
+    from PIL import Image, UnidentifiedImageError
+
+    if args.root is None:
+        if not args.images:
+            raise ConfigError("offseg predict needs image files, or --root DIR for the images of a stored dataset.")
+        if args.dataset or args.split or args.max_images is not None:
+            raise ConfigError("--dataset, --split and --max-images go with --root DIR.")
+        print(f"predicting {len(args.images)} image file(s) with {args.checkpoint}", flush=True)
+        for path in map(Path, args.images):
+            try:
+                image = np.asarray(Image.open(path).convert("RGB"))  # (H, W, 3) uint8
+            except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
+                raise InputError(f"Cannot read image {path} ({exc}); pass PNG or JPEG files.") from exc
+            yield image, path.stem, path
+        return
+    if args.images:
+        raise ConfigError("Give image files or --root DIR, not both.")
+    cfg = checkpoint_config(meta, args.dataset)
+    if args.split:
+        cfg.data.val_split = args.split
+    data = datasets_for(cfg, "val", stored_root=args.root).dataset
+    count = len(data) if args.max_images is None else min(args.max_images, len(data))
+    describe = getattr(data, "describe", None)
+    what = describe() if callable(describe) else f"{type(data).__name__} at {args.root}"
+    print(f"predicting {count} images of {what} with {args.checkpoint}", flush=True)
+    for i in range(count):
+        image, _, name = data[i]
+        yield image, str(name), f"{name}"
+
+
 def _predict_command(args: argparse.Namespace) -> int:
     import torch
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     from offseg_vis.engine.checkpoint import load_model
 
@@ -209,11 +250,7 @@ def _predict_command(args: argparse.Namespace) -> int:
     palette = np.asarray(palette, dtype=np.uint8) if palette else default_palette(model.num_classes)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for path in map(Path, args.images):
-        try:
-            image = np.asarray(Image.open(path).convert("RGB"))  # (H, W, 3) uint8
-        except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
-            raise InputError(f"Cannot read image {path} ({exc}); pass PNG or JPEG files.") from exc
+    for image, stem, source in _images_to_predict(args, meta):
         x = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].to(device)  # (1, 3, H, W)
         with torch.no_grad():
             logits = model.predict(
@@ -222,7 +259,7 @@ def _predict_command(args: argparse.Namespace) -> int:
         labels = logits[0].argmax(0).cpu().numpy()
         mask = colorize(labels, palette)
         overlay = (image * (1 - args.alpha) + mask * args.alpha).round().astype(np.uint8)
-        Image.fromarray(mask).save(out / f"{path.stem}_mask.png")
-        Image.fromarray(overlay).save(out / f"{path.stem}_overlay.png")
-        print(f"{path} -> {out / (path.stem + '_mask.png')}, {out / (path.stem + '_overlay.png')}")
+        Image.fromarray(mask).save(out / f"{stem}_mask.png")
+        Image.fromarray(overlay).save(out / f"{stem}_overlay.png")
+        print(f"{source} -> {out / (stem + '_mask.png')}, {out / (stem + '_overlay.png')}")
     return 0
