@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 
+import numpy as np
 import pytest
 
 from offseg_vis.bench import experiment as ex
@@ -186,21 +187,63 @@ def test_interrupted_grid_resumes_and_matches_an_uninterrupted_run(finished_grid
 
 
 def test_analysis_of_a_finished_pair_reads_its_checkpoints(finished_grid):
+    from offseg_vis.analysis import compare_to_baseline, probe
+    from offseg_vis.engine.checkpoint import load_model
+    from offseg_vis.engine.loading import build_datasets
+
     base, budget, arms, _, root, _ = finished_grid
     analysis = ex.analyse_arm(base, budget, arms[1], 0, root / "runs", n_images=4)
     assert (analysis.arm, analysis.baseline, analysis.seed, analysis.images) == ("offset@0.5", "linear@0.5", 0, 4)
     assert list(analysis.reports) == ["offset: before (E, W)", "offset: after (E', W')", "linear (E, W)"]
-    row = analysis.summary_row()
-    for key in ("consistency_before", "consistency_after", "alignment_linear", "mIoU_before", "mIoU_after"):
-        assert math.isnan(row[key]) or -1.0 <= row[key] <= 1.0
-    # every labelled pixel of the 4 scenes (32 x 32) falls in exactly one correction category
-    assert sum(analysis.corrections.values()) == 4 * 32 * 32
+    # The twin counts are compare_to_baseline on both runs' own weights and val scenes, probed here directly.
+    _, val_raw, _, _, _ = build_datasets(ex.run_config(base, arms[1], 0, budget))
+    scenes = [val_raw[i] for i in range(4)]
+    images, labels = [s[0] for s in scenes], [s[1] for s in scenes]
+    probes = []
+    for arm in arms[1], arms[0]:
+        model, _ = load_model(ex.run_dir_for(root / "runs", arm, 0, budget) / "best.safetensors")
+        probes.append(probe(model, images, labels, need={"prediction"}))
+    assert analysis.twin == compare_to_baseline(*probes).totals()
+    # every labelled pixel of the 4 scenes (32 x 32) falls in exactly one category of each comparison
+    labelled = sum(int((lab != 255).sum()) for lab in labels)
+    assert sum(analysis.twin.values()) == labelled and sum(analysis.ablation.values()) == labelled
     doc = ex.format_analysis([analysis], budget, "offseg bench experiment --analyse")
     assert "| `offset@0.5` | 0 | 4 |" in doc and "## `offset@0.5` vs `linear@0.5`, seed 0" in doc
     with pytest.raises(ConfigError, match="per-pixel"):
         ex.analyse_arm(base, budget, arms[0], 0, root / "runs", n_images=4)
     with pytest.raises(ConfigError, match=r"No weights of offset@0.5 seed 1.*--arms offset@0.5 --seeds 1"):
         ex.analyse_arm(base, budget, arms[1], 1, root / "runs", n_images=4)
+
+
+def test_analysis_known_values_on_a_tiny_synthetic_pair():
+    from offseg_vis.analysis.synthetic import make_probe
+    from offseg_vis.bench.experiment.analysis import summarise_pair
+
+    label = np.array([[0, 0, 1, 1], [2, 2, 255, 0]])
+    ol_pred = np.array([[0, 0, 1, 2], [2, 0, 1, 1]])
+    twin_pred = np.array([[0, 1, 1, 1], [0, 0, 2, 1]])
+    off_pred = np.array([[0, 1, 1, 1], [0, 0, 1, 0]])  # the offset model with ΔW = ΔE = 0
+    feats = np.random.default_rng(0).normal(size=(2, 4, 3))
+    ol = make_probe(
+        feats, np.eye(3), label, class_offset=np.zeros((3, 3)), prediction=ol_pred, prediction_before_offsets=off_pred
+    )
+    twin = make_probe(feats, np.eye(3), label, prediction=twin_pred)
+    a = summarise_pair("offset@x", "linear@x", 3, [ol], [twin], ["a", "b", "c"], min_pixels=1)
+    # by hand, pixel by pixel (label, OL, twin): (0,0,0) right, (0,0,1) fixed, (1,1,1) right, (1,2,1) broken,
+    # (2,2,0) fixed, (2,0,0) both wrong, ignored, (0,1,1) both wrong
+    assert a.twin == {"fixed": 2, "broken": 1, "both_wrong": 2, "both_right": 2}
+    assert a.twin_net_fixed == 1 and a.twin_accuracy == (4 / 7, 3 / 7)
+    # ablation (offsets off -> on): px 1 and 4 turn right, px 3 and 7 turn wrong, 3 unchanged
+    assert a.ablation == {"fixed": 2, "broken": 2, "changed, still wrong": 0, "unchanged": 3}
+    # IoU without offsets: a 2/5, b 2/3, c 0; with: a 2/4, b 1/3, c 1/3
+    assert a.effect["mIoU_before"] == pytest.approx((2 / 5 + 2 / 3 + 0) / 3)
+    assert a.effect["mIoU_after"] == pytest.approx((1 / 2 + 1 / 3 + 1 / 3) / 3)
+    row = a.summary_row()
+    assert row["twin_fixed"] == 2 and row["ablation_mIoU_after"] == pytest.approx(7 / 18)
+    budget = ex.Budget(**TINY, warmup_iters=1, config="tiny")
+    doc = ex.format_analysis([a], budget, "offseg bench experiment --analyse")
+    assert "| 2 / 1 (+1) | 57.14 / 42.86 | 35.6 → 38.9 | 2 / 2 |" in doc
+    assert "ablation, offsets switched off" in doc and "vs per-pixel twin" in doc
 
 
 # ----------------------------------------------------------------------------------------------
@@ -382,7 +425,9 @@ def test_cli_analyse_writes_the_analysis_page(finished_grid, tmp_path, capsys):
     # the page names the command that regenerates it (only the offset arm is analysed)
     assert (
         "`offseg bench experiment --arms offset@0.5 --seeds 0 --iters 3 --batch-size 2 --size 32 --val-scenes 8 "
-        "--train-scenes 8 " in text and "--analyse --analysis-images 2`" in text
+        "--train-scenes 8 "
+        in text
+        and "--analyse --analysis-images 2`" in text
     )
     assert text in capsys.readouterr().out
     with pytest.raises(ConfigError, match="at least one Offset Learning arm"):
