@@ -12,6 +12,11 @@ W = class representations (K, C); A = E·Wᵀ (B, N, K) the coupled logits (no s
     logits       = LayerNorm_K( E' · W'ᵀ )             (B, N, K) -> (B, K, H, W)
 
 Both offsets are computed in parallel from the un-offset E and W (no iteration).
+
+Mixed precision: under autocast the whole module runs in float32 (its input is cast up). Why: the
+class attention softmax_N(A) has weights of about 1/N (6e-5 at N = 128²), at float16's smallest
+normal value and subnormal beyond, and bfloat16's 8-bit mantissa would round both the pooled
+prototypes and E'·W'ᵀ; the module is a small part of a model's arithmetic.
 """
 
 from __future__ import annotations
@@ -91,6 +96,12 @@ def _pixel_products(mat: Tensor, e: Tensor) -> Tensor:
             mat = mat.unsqueeze(0)  # a 2-D @ 3-D matmul would be folded back into the slow form
         return (mat @ e.transpose(1, 2)).transpose(1, 2).contiguous()  # (B, K, N) -> (B, N, K)
     return e @ mat.transpose(-1, -2)
+
+
+def _autocast_device(x: Tensor) -> str | None:
+    """The device type of x when autocast is on for it (so Offset Learning must leave it), else None."""
+    device = x.device.type
+    return device if torch.is_autocast_enabled(device) else None
 
 
 def _unflatten_logits(logits: Tensor, size: tuple[int, int]) -> Tensor:
@@ -174,8 +185,7 @@ class OffsetLearning(nn.Module):
         """
         if x.dim() != 4 or x.shape[1] != self.embed_dims:
             raise ValueError(
-                f"OffsetLearning expects features of shape (B, {self.embed_dims}, H, W), "
-                f"got {tuple(x.shape)}."
+                f"OffsetLearning expects features of shape (B, {self.embed_dims}, H, W), got {tuple(x.shape)}."
             )
         size = (x.shape[2], x.shape[3])
         if not return_intermediates and not (torch.is_grad_enabled() and self._needs_grad(x)):
@@ -187,7 +197,12 @@ class OffsetLearning(nn.Module):
         return x.requires_grad or any(p.requires_grad for p in self.parameters())
 
     def full_forward(self, x: Tensor) -> ClassifierOutput:
-        """The plain path: x (B, C, H, W) -> ClassifierOutput with every intermediate."""
+        """The plain path: x (B, C, H, W) -> ClassifierOutput with every intermediate (float32
+        under autocast, see the module docstring)."""
+        device = _autocast_device(x)
+        if device is not None:
+            with torch.autocast(device, enabled=False):
+                return self.full_forward(x.float())
         size = (x.shape[2], x.shape[3])
         e = _flatten_pixels(x)  # (B, N, C)
         w = self.class_embed  # (K, C)
@@ -233,7 +248,12 @@ class OffsetLearning(nn.Module):
         """Normalised scores (B, N, K) without forming ΔE or E'.
 
         (E + ΔE)·W'ᵀ = E·W'ᵀ + softmax_K(A)·(W·P_featᵀ·W'ᵀ), and the bracket is only (B, K, K).
+        Float32 under autocast, like :meth:`full_forward`.
         """
+        device = _autocast_device(x)
+        if device is not None:
+            with torch.autocast(device, enabled=False):
+                return self.fused_scores(x.float())
         e = _flatten_pixels(x)  # (B, N, C)
         w = self.class_embed  # (K, C)
         a = _pixel_products(w, e)  # (B, N, K)
@@ -275,8 +295,7 @@ class LinearClassifier(nn.Module):
         """x (B, C, H, W) -> logits (B, K, H, W) or a ClassifierOutput."""
         if x.dim() != 4 or x.shape[1] != self.embed_dims:
             raise ValueError(
-                f"LinearClassifier expects features of shape (B, {self.embed_dims}, H, W), "
-                f"got {tuple(x.shape)}."
+                f"LinearClassifier expects features of shape (B, {self.embed_dims}, H, W), got {tuple(x.shape)}."
             )
         if not return_intermediates:
             return F.conv2d(x, self.weight[:, :, None, None], self.bias)
