@@ -7,10 +7,9 @@ Skipped only when no Chromium binary exists at all.
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
+from conftest import free_port
 from PIL import Image
 
 from offseg_vis.app.browser import find_chromium, segment_in_browser
@@ -24,12 +23,6 @@ pytestmark = pytest.mark.browser
 CHROMIUM = find_chromium()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(
     CHROMIUM is None, reason="no Chromium binary on this machine (make setup installs Debian's)"
 )
@@ -41,7 +34,7 @@ def test_upload_segment_and_screenshot_in_chromium(tmp_path, monkeypatch):
     ctx = AppContext.from_checkpoints(
         checkpoints_or_untrained(tmp_path / "checkpoints"), AppSettings(warm_up_umap=False)
     )
-    app = start(ctx, port=_free_port(), temp_dir=tmp_path / "app-temp")
+    app = start(ctx, port=free_port(), temp_dir=tmp_path / "app-temp")
     try:
         shot = tmp_path / "app.png"
         run = segment_in_browser(

@@ -6,11 +6,10 @@ Upload a gallery scene -> the annotated image has the input's size and only know
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pytest
 import torch
+from conftest import free_port
 from PIL import Image
 
 from offseg_vis.app.callbacks import AppContext, AppSettings
@@ -22,12 +21,6 @@ from offseg_vis.app.testing import checkpoints_or_untrained
 gradio_client = pytest.importorskip("gradio_client")
 
 MAX_FILE_MB = 0.25
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

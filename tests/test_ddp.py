@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import free_port
 
 from offseg_vis.engine.train import train
 from offseg_vis.models.weights import read_metadata, read_state_dict
@@ -23,17 +23,12 @@ OVERRIDES = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, work_dir: str, batch: int) -> None:
     from test_train import tiny_config, tiny_dataset, tiny_model
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     torch.manual_seed(0)
     data = tiny_dataset()
     cfg = tiny_config(**OVERRIDES, **{"data.batch_size": batch})
@@ -47,7 +42,7 @@ def test_two_processes_equal_one(tmp_path):
     for attempt in range(2):
         ddp_dir = tmp_path / f"ddp{attempt}"
         try:
-            mp.spawn(_worker, args=(2, _free_port(), str(ddp_dir), 2), nprocs=2, join=True)
+            mp.spawn(_worker, args=(2, free_port(), str(ddp_dir), 2), nprocs=2, join=True)
             break
         except mp.ProcessRaisedException as exc:
             # the free port can be taken by another program between lookup and bind: retry once
@@ -56,8 +51,13 @@ def test_two_processes_equal_one(tmp_path):
 
     torch.manual_seed(0)
     data = tiny_dataset()
-    single = train(tiny_config(**OVERRIDES, **{"data.batch_size": 4}), work_dir=tmp_path / "single",
-                   model=tiny_model(), train_dataset=data, val_dataset=data)
+    single = train(
+        tiny_config(**OVERRIDES, **{"data.batch_size": 4}),
+        work_dir=tmp_path / "single",
+        model=tiny_model(),
+        train_dataset=data,
+        val_dataset=data,
+    )
 
     a, b = read_state_dict(single.last_checkpoint), read_state_dict(ddp_dir / "last.safetensors")
     assert a.keys() == b.keys()

@@ -35,14 +35,8 @@ from offseg_vis.models.mask2former.swin import PatchMerging, SwinTransformer, sh
 K = 5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These models are small: one thread is about as fast, and it does not stall when the CPU is
-    shared (OpenMP barriers in thousands of tiny ops wait on descheduled threads)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# These models are small: one thread (tests/conftest.py) is about as fast and does not stall on a shared CPU.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module", params=["offset", "linear"])
@@ -76,8 +70,7 @@ def test_forward_predict_and_intermediate_shapes(tiny_model):
     if tiny_model.decode_head.offset_learning is not None:
         assert view.refined_features.shape == (2, n, c) and view.class_offset.shape == (2, q, c)
         aligned = view.refined_features @ view.refined_class_embed.transpose(1, 2)  # (B, N, Q)
-        torch.testing.assert_close(aligned.transpose(1, 2).reshape(2, q, 24, 16), out.mask_logits,
-                                   rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(aligned.transpose(1, 2).reshape(2, q, 24, 16), out.mask_logits, rtol=1e-4, atol=1e-4)
     else:
         assert view.feature_offset is None
         torch.testing.assert_close(view.logits_without_offsets, logits.flatten(2).transpose(1, 2))
@@ -148,8 +141,10 @@ def test_full_swin_t_parameter_count_and_official_names(classifier, paper_m):
     assert keys["decode_head.cls_embed.weight"].shape == (151, 256)
     ol = [k for k in keys if "offset_learning" in k]
     if classifier == "offset":
-        assert sorted(ol) == ["decode_head.offset_learning.cls_offset_proj.weight",
-                              "decode_head.offset_learning.feat_offset_proj.weight"]
+        assert sorted(ol) == [
+            "decode_head.offset_learning.cls_offset_proj.weight",
+            "decode_head.offset_learning.feat_offset_proj.weight",
+        ]
         with torch.no_grad():  # one small forward of the real configuration
             assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 150, 16, 16)
     else:
@@ -233,8 +228,9 @@ def test_matched_losses_are_small_only_for_right_classes_and_masks():
     assert wrong_masks["loss_mask"] > 2 * good["loss_mask"]
     assert wrong_masks["loss_dice"] > 2 * good["loss_dice"]
     # An image without labelled pixels: every query is "no object" and the mask losses are zero.
-    empty = criterion.single_prediction_loss(stack(good_cls[:1]), stack(good_masks[:1]),
-                                             criterion.targets(torch.full((1, 32, 32), 255)))
+    empty = criterion.single_prediction_loss(
+        stack(good_cls[:1]), stack(good_masks[:1]), criterion.targets(torch.full((1, 32, 32), 255))
+    )
     assert empty["loss_mask"] == 0 and empty["loss_dice"] == 0 and torch.isfinite(empty["loss_cls"])
 
 
@@ -335,8 +331,16 @@ def test_swin_any_size_and_mmseg_merge_order():
 def test_sine_position_encoding_values():
     pos = sine_position_encoding(3, 4, num_feats=4, temperature=100.0)
     y, x = 2 * np.pi * 2 / (3 + 1e-6), 2 * np.pi * 3 / (4 + 1e-6)  # row 1, column 2 (1-based 2, 3)
-    expected = [np.sin(y), np.cos(y), np.sin(y / 10), np.cos(y / 10), np.sin(x), np.cos(x), np.sin(x / 10),
-                np.cos(x / 10)]
+    expected = [
+        np.sin(y),
+        np.cos(y),
+        np.sin(y / 10),
+        np.cos(y / 10),
+        np.sin(x),
+        np.cos(x),
+        np.sin(x / 10),
+        np.cos(x / 10),
+    ]
     torch.testing.assert_close(pos[0, :, 1, 2], torch.tensor(expected, dtype=torch.float32))
 
 
@@ -352,7 +356,7 @@ def _fashion_scenes_batch(n: int = 4, size: int = 64):
     images = torch.tensor(np.stack(images)).permute(0, 3, 1, 2).float()  # (n, 3, 128, 128)
     masks = torch.tensor(np.stack(masks))  # (n, 128, 128)
     f = images.shape[-1] // size
-    return F.avg_pool2d(images, f), masks[:, f // 2::f, f // 2::f]
+    return F.avg_pool2d(images, f), masks[:, f // 2 :: f, f // 2 :: f]
 
 
 def test_tiny_model_overfits_four_fashion_scenes():

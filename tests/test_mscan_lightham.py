@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_close_scaled
 from safetensors.torch import load_file
 
 from offseg_vis.errors import ConfigError, InputError
@@ -22,15 +23,15 @@ PAPER_PARAMS_M = {"t": (4.3, 4.4), "s": (13.9, 14.1), "b": (27.6, 28.2)}
 HEAD_WIDTH = {"t": 256, "s": 256, "b": 512}
 
 
+# Tolerances for the head vector (fp32_tolerance in conftest): the longest single reduction is the
+# squeeze conv over 480 channels (<= 512); the logits sit behind a chain of it, seven multiplicative
+# NMF updates, the align conv and Offset Learning's LayerNorm, so a factor of 16 (other MKL code paths
+# reach 0.08 of the resulting bound on the logits).
+HEAD_REDUCTION, HEAD_FACTOR = 512, 16.0
+
+
 def num_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-def assert_close_rel(got: torch.Tensor, ref: torch.Tensor, tol: float = 1e-4) -> None:
-    """Per-tensor check: max|got - ref| <= tol * max|ref|."""
-    assert got.shape == ref.shape
-    err = (got - ref).abs().max().item()
-    assert err <= tol * ref.abs().max().item(), f"max abs error {err} vs max |ref| {ref.abs().max().item()}"
 
 
 def segnext(variant: str, num_classes: int = 150, classifier: str = "offset", width: int | None = None):
@@ -82,6 +83,7 @@ def official_head(vec: dict[str, torch.Tensor]) -> LightHamHead:
     return head.eval()
 
 
+@pytest.mark.numeric
 def test_lightham_head_matches_official_vector_with_injected_bases(ham_vector):
     vec = ham_vector
     head = official_head(vec)
@@ -94,14 +96,15 @@ def test_lightham_head_matches_official_vector_with_injected_bases(ham_vector):
         burger = head.hamburger(vec["intermediate.squeeze.out"], nmf_bases=bases)
         aligned = head.decode(inputs, nmf_bases=bases)
         logits = head(inputs, nmf_bases=bases)
-    assert_close_rel(squeezed, vec["intermediate.squeeze.out"])
-    assert_close_rel(ham_in, vec["intermediate.hamburger.ham.in"])
-    assert_close_rel(ham_out, vec["intermediate.hamburger.ham.out"])
-    assert_close_rel(burger, vec["intermediate.hamburger.out"])
-    assert_close_rel(aligned, vec["intermediate.align.out"])
-    assert_close_rel(logits, vec["output.logits"])
+    assert_close_scaled(squeezed, vec["intermediate.squeeze.out"], HEAD_REDUCTION, HEAD_FACTOR)
+    assert_close_scaled(ham_in, vec["intermediate.hamburger.ham.in"], HEAD_REDUCTION, HEAD_FACTOR)
+    assert_close_scaled(ham_out, vec["intermediate.hamburger.ham.out"], HEAD_REDUCTION, HEAD_FACTOR)
+    assert_close_scaled(burger, vec["intermediate.hamburger.out"], HEAD_REDUCTION, HEAD_FACTOR)
+    assert_close_scaled(aligned, vec["intermediate.align.out"], HEAD_REDUCTION, HEAD_FACTOR)
+    assert_close_scaled(logits, vec["output.logits"], HEAD_REDUCTION, HEAD_FACTOR)
 
 
+@pytest.mark.numeric
 def test_lightham_head_draws_bases_like_the_official_code(ham_vector):
     """Same global seed before the forward -> same torch.rand draw -> same logits."""
     vec = ham_vector
@@ -112,7 +115,7 @@ def test_lightham_head_draws_bases_like_the_official_code(ham_vector):
     torch.manual_seed(703)
     with torch.no_grad():
         logits = head(inputs)
-    assert_close_rel(logits, vec["output.logits"])
+    assert_close_scaled(logits, vec["output.logits"], HEAD_REDUCTION, HEAD_FACTOR)
 
 
 def test_nmf_steps_follow_the_mode():
