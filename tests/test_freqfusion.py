@@ -21,8 +21,6 @@ from offseg_vis.models.freqfusion import (
 
 pytestmark = pytest.mark.numeric
 
-pytestmark = pytest.mark.numeric
-
 TOL = 1e-4  # per tensor: max|got - ref| <= TOL * max|ref| (reference README)
 
 
