@@ -199,3 +199,32 @@ def test_colourings():
         explore.colour_by(no_twin, "twin")
     with pytest.raises(InputError):
         explore.colour_by(t, "size")
+
+
+def test_widget_callbacks_without_a_browser():
+    """The notebook's callbacks: the scatter frame's rows are table rows with both coordinate sets, a
+    selection gives masks at the selected pixels, one point gives its neighbours in E and E′."""
+    import io
+
+    from PIL import Image
+
+    probes, twins = _probes(3)
+    t = explore.pixel_table(probes, max_pixels=90, twin_probes=twins, class_names=list("abcd"))
+    m = explore.pixel_map(probes, t, method="pca")
+    frame = explore.scatter_frame(t, m)
+    np.testing.assert_array_equal(frame[["ex", "ey"]].to_numpy(), m.before)
+    np.testing.assert_array_equal(frame[["e2x", "e2y"]].to_numpy(), m.after)
+    np.testing.assert_array_equal(frame["image"].to_numpy(), t.image)
+    assert list(frame["by_twin"]) == list(explore.outcome_names(t.outcome))
+    sel = np.flatnonzero(t.label == 2)[:7]
+    view = explore.selection_view(t, [p.image for p in probes], sel, scale=3)
+    for mask, want in zip(view.masks, explore.selection_to_masks(t, sel)):
+        np.testing.assert_array_equal(mask, want)
+    png = np.asarray(Image.open(io.BytesIO(view.png)))
+    assert png.shape[0] == 3 * 9  # three-fold enlarged 9-pixel-high scenes
+    _, text, found = explore.neighbours_view(t, probes, int(sel[0]), k=5)
+    p = probes[t.image[sel[0]]]
+    for name, feats in (("E", p.features), ("E'", p.refined_features)):
+        want = explore.nearest_pixels(feats, (t.row[sel[0]], t.col[sel[0]]), 5)
+        np.testing.assert_array_equal(found[name].flat, want.flat)
+    assert "5 nearest pixels" in text

@@ -329,7 +329,7 @@ class PixelMap:
         e = self.embedding
         return (
             f"one {self.method.upper()} map fitted on {e.params.get('points', 0):,} points (E and E′ stacked) "
-            f"in {e.fit_seconds:.1f} s{' (from the cache)' if e.from_cache else ''}"
+            f"in {e.fit_seconds:.1f} s{' (loaded from the cache)' if e.from_cache else ''}"
         )
 
 
@@ -620,3 +620,132 @@ def nearest_pixels(features: np.ndarray, index, k: int = 20) -> Neighbours:
         similarity=sims[order],
         query=q,
     )
+
+
+# ----------------------------------------------------------------------------------------------------
+# what the notebook's widgets (and the app) call
+
+
+def scatter_frame(table: PixelTable, pixel_map_: PixelMap, palette: np.ndarray | None = None):
+    """The data frame a scatter widget plots: the table's columns (``correct`` as "correct"/"wrong"), E
+    coordinates ``ex``/``ey``, E′ coordinates ``e2x``/``e2y`` (same map), and one colour column per
+    colouring (``by_class``, ``by_correct``, ``by_twin``); row j is table row j, so a selection's indices
+    are table rows."""
+    if len(pixel_map_.before) != len(table):
+        raise InputError(f"The map has {len(pixel_map_.before)} points but the table {len(table)} rows.")
+    frame = table.to_pandas()
+    # Words, not numpy booleans: the widget's tooltip serialises category values to JSON.
+    frame["correct"] = np.where(table.correct, "correct", "wrong")
+    frame["ex"], frame["ey"] = pixel_map_.before[:, 0], pixel_map_.before[:, 1]
+    if pixel_map_.after is not None:
+        frame["e2x"], frame["e2y"] = pixel_map_.after[:, 0], pixel_map_.after[:, 1]
+    for by in COLOUR_BY:
+        if by == "twin" and not table.has_twin:
+            continue
+        frame[f"by_{by}"] = colour_by(table, by, palette)[0]
+    return frame
+
+
+@dataclass
+class SelectionView:
+    """What the image panel shows for a selection: ``png`` (the strip), ``summary`` (one line),
+    ``shown`` (image indices in the strip) and ``masks`` (one (H, W) bool mask per image)."""
+
+    png: bytes
+    summary: str
+    shown: list[int]
+    masks: list[np.ndarray]
+
+
+def _upscale(image: np.ndarray, scale: int) -> np.ndarray:
+    """Nearest-neighbour enlargement (small scenes stay readable in a widget)."""
+    return image if scale <= 1 else np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
+
+
+def selection_view(
+    table: PixelTable, images: Sequence[np.ndarray], selected_indices, max_images: int = 6, scale: int = 2
+) -> SelectionView:
+    """The lasso callback: selected rows -> masks -> the images holding them, marked (enlarged ``scale``
+    times), as PNG + a line."""
+    masks = selection_to_masks(table, selected_indices, [np.asarray(im).shape[:2] for im in images])
+    strip, shown = selection_overlay(images, masks, max_images=max_images)
+    return SelectionView(png_bytes(_upscale(strip, scale)), selection_summary(table, selected_indices), shown, masks)
+
+
+def neighbours_view(
+    table: PixelTable, probes: Sequence[ImageProbe], index: int, k: int = 20, scale: int = 2
+) -> tuple[bytes, str, dict[str, Neighbours]]:
+    """One clicked point: its image twice, with the point (white) and its k cosine nearest pixels of that
+    image in E (left, cyan) and in E′ (right, orange) — the two spaces searched separately.
+
+    Returns:
+        (PNG bytes, one line, {"E": Neighbours, "E'": Neighbours}).
+    """
+    j = int(_selected(table, [index])[0])
+    p = probes[int(table.image[j])]
+    spaces = {"E": p.features}
+    if p.is_offset_model:
+        spaces["E'"] = p.refined_features
+    found, tiles = {}, []
+    colours = {"E": (0, 200, 255), "E'": (255, 140, 0)}
+    h, w = p.feature_size
+    for name, feats in spaces.items():
+        if feats is None:
+            raise InputError(f"The probes were computed without {name}; probe with need={{'features', ...}}.")
+        nn = nearest_pixels(feats, (int(table.row[j]), int(table.col[j])), k)
+        found[name] = nn
+        x, y = cell_to_pixel(nn.rows, nn.cols, (h, w), p.padded_size, p.input_size)
+        mark = np.zeros(p.input_size, dtype=bool)
+        mark[y, x] = True
+        tile = np.asarray(p.image, np.float32) * 0.55
+        tile[_dilate(mark, 4)] = colours[name]
+        here = np.zeros(p.input_size, dtype=bool)
+        here[table.y[j], table.x[j]] = True
+        tile[_dilate(here, 5)] = (255, 255, 255)
+        tiles.append(tile.astype(np.uint8))
+    gap = np.full((tiles[0].shape[0], 4, 3), 255, np.uint8)
+    strip = np.concatenate([x for t in tiles for x in (t, gap)][:-1], axis=1)
+    same = len(np.intersect1d(found["E"].flat, found["E'"].flat)) if "E'" in found else k
+    text = (
+        f"point {j}: image {table.image[j]}, pixel (x={table.x[j]}, y={table.y[j]}), "
+        f"{table.class_names[table.label[j]]}, predicted {table.class_names[table.predicted[j]]}; "
+        f"its {k} nearest pixels in E and in E′ share {same}."
+    )
+    return png_bytes(_upscale(strip, scale)), text, found
+
+
+def lasso_box(coords: np.ndarray, members: np.ndarray, spread: float = 0.5) -> np.ndarray:
+    """A rectangular lasso (4, 2) around the central ``spread`` fraction of the ``members`` points (a bool
+    mask or indices over ``coords`` (n, 2)): a reproducible stand-in for a hand-drawn lasso."""
+    pts = np.asarray(coords)[members]
+    if len(pts) == 0:
+        raise InputError("lasso_box needs at least one member point.")
+    lo, hi = np.quantile(pts, [(1 - spread) / 2, (1 + spread) / 2], axis=0)
+    return np.array([[lo[0], lo[1]], [hi[0], lo[1]], [hi[0], hi[1]], [lo[0], hi[1]]])
+
+
+def snapshot_figure(table: PixelTable, pixel_map_: PixelMap, selected_indices, by: str = "class", palette=None):
+    """A static matplotlib figure of the linked view (for executed notebooks and docs): the E and the E′
+    map in the same coordinates, coloured ``by``, with the selection ringed in black."""
+    import matplotlib.pyplot as plt
+
+    labels, cmap = colour_by(table, by, palette)
+    colours = np.array([cmap[str(v)] for v in labels])
+    sel = _selected(table, selected_indices)
+    spaces = [s for s in SPACES if s == "E" or pixel_map_.after is not None]
+    fig, axes = plt.subplots(1, len(spaces), figsize=(5.2 * len(spaces), 4.8), sharex=True, sharey=True)
+    axes = np.atleast_1d(axes)
+    size = max(0.3, min(6.0, 3e4 / max(len(table), 1)))
+    for ax, space in zip(axes, spaces):
+        xy = pixel_map_.coords(space)
+        ax.scatter(xy[:, 0], xy[:, 1], c=colours, s=size, linewidths=0, rasterized=True)
+        if sel.size:
+            ax.scatter(xy[sel, 0], xy[sel, 1], facecolors="none", edgecolors="black", s=4 * size + 4, linewidths=0.6)
+        ax.set_title(f"{space}: {len(table):,} pixels, {sel.size:,} selected (one {pixel_map_.method.upper()} map)")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=k) for k, c in cmap.items()]
+    axes[-1].legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.tight_layout()
+    plt.close(fig)  # returned for display once (a notebook shows it as the cell's value), not left open
+    return fig
