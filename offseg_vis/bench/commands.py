@@ -1,4 +1,4 @@
-"""``offseg bench ol|speed|experiment``: benchmarks as commands, never as timed tests."""
+"""``offseg bench ol|speed|train|umap|experiment``: benchmarks as commands, never as timed tests."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ import json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    bench = sub.add_parser(
-        "bench", help="benchmarks: Offset Learning paths, model speed, the experiment grid"
-    )
+    bench = sub.add_parser("bench", help="benchmarks: Offset Learning paths, model speed, the experiment grid")
     bsub = bench.add_subparsers(dest="bench_command", required=True)
     ol = bsub.add_parser("ol", help="plain vs fused Offset Learning (time and peak memory)")
     ol.add_argument("--num-classes", type=int, default=150)
@@ -19,21 +17,45 @@ def register(sub: argparse._SubParsersAction) -> None:
     ol.add_argument("--json", help="also write the result to this JSON file")
     ol.set_defaults(func=_ol)
 
-    speed = bsub.add_parser(
-        "speed", help="params, GMACs and batch-1 latency of the zoo (writes docs/benchmarks.*)"
-    )
-    speed.add_argument(
-        "--models", nargs="*", default=None, help="default: the paper's models and offseg-mbv2"
-    )
+    speed = bsub.add_parser("speed", help="params, GMACs and batch-1 latency of the zoo (writes docs/benchmarks.*)")
+    speed.add_argument("--models", nargs="*", default=None, help="default: the paper's models and offseg-mbv2")
     speed.add_argument("--size", type=int, default=512)
     speed.add_argument("--warmup", type=int, default=5)
     speed.add_argument("--runs", type=int, default=20)
     speed.add_argument("--out", default="docs", help="folder for benchmarks.json and benchmarks.md")
     speed.set_defaults(func=_speed)
 
+    train = bsub.add_parser("train", help="training throughput (img/s) per classifier, interleaved")
+    train.add_argument("--model", default="offseg-mbv2")
+    train.add_argument("--classifiers", nargs="+", default=["linear", "offset"])
+    train.add_argument("--size", type=int, default=128)
+    train.add_argument("--batch", type=int, default=16)
+    train.add_argument("--num-classes", type=int, default=11)
+    train.add_argument("--warmup", type=int, default=3)
+    train.add_argument("--steps", type=int, default=10)
+    train.add_argument("--json", help="also write the result to this JSON file")
+    train.set_defaults(func=_train)
+
+    umap = bsub.add_parser("umap", help="the joint UMAP (before + after pixels) at the promised size")
+    umap.add_argument("--points", type=int, default=50_000, help="points fitted (before + after)")
+    umap.add_argument("--dims", type=int, default=256)
+    umap.add_argument("--repeats", type=int, default=2)
+    umap.add_argument("--method", default="umap", choices=["umap", "pca"])
+    umap.add_argument("--n-epochs", type=int, default=None, help="UMAP epochs (default: the library's)")
+    umap.add_argument("--json", help="also write the result to this JSON file")
+    umap.set_defaults(func=_umap)
+
     from offseg_vis.bench.experiment import register_experiment
 
     register_experiment(bsub)
+
+
+def _write_json(path: str | None, result: dict) -> None:
+    if path:
+        from offseg_vis.models.weights import atomic_write_text
+
+        atomic_write_text(path, json.dumps(result, indent=1))
+        print(f"written to {path}")
 
 
 def _ol(args: argparse.Namespace) -> int:
@@ -41,9 +63,25 @@ def _ol(args: argparse.Namespace) -> int:
 
     result = benchmark(args.num_classes, args.channels, args.size, args.runs)
     print(format_result(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+    _write_json(args.json, result)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from offseg_vis.bench.train_throughput import benchmark, format_result
+
+    result = benchmark(args.model, args.classifiers, args.size, args.batch, args.num_classes, args.warmup, args.steps)
+    print(format_result(result))
+    _write_json(args.json, result)
+    return 0
+
+
+def _umap(args: argparse.Namespace) -> int:
+    from offseg_vis.bench.umap import benchmark, format_result
+
+    result = benchmark(args.points, args.dims, args.repeats, args.method, args.n_epochs)
+    print(format_result(result))
+    _write_json(args.json, result)
     return 0
 
 

@@ -52,9 +52,7 @@ def read_results(path: str | os.PathLike) -> list[dict]:
 
 def done_keys(records: Iterable[dict]) -> set[str]:
     """Run keys of the records."""
-    return {
-        run_key(r["arm"], r["seed"], r["budget"], r.get("git_commit"), r.get("generator_version")) for r in records
-    }
+    return {run_key(r["arm"], r["seed"], r["budget"], r.get("git_commit"), r.get("generator_version")) for r in records}
 
 
 @contextlib.contextmanager
