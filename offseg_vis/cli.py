@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "offseg_vis.app.commands",
     "offseg_vis.analysis.commands",
     "offseg_vis.analysis.explore_commands",
+    "offseg_vis.deploy.commands",
 )
 
 
