@@ -123,6 +123,42 @@ def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 # -------------------------------------------------------------------------------------------------
+# prediction references
+# -------------------------------------------------------------------------------------------------
+
+
+def expected_whole_predict(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """What ``Segmentor.predict(images, "whole")`` must return, written out from its rule: zero-pad
+    (B, 3, H, W) at the bottom/right to the backbone's ``size_divisor``, run the model, resize the
+    logits bilinearly (align_corners=False) to the padded size and crop the real H x W.
+    For divisor 1 that is a plain resize to (H, W). Returns (B, K, H, W)."""
+    h, w = images.shape[-2:]
+    d = getattr(model.backbone, "size_divisor", 1)
+    ph, pw = -(-h // d) * d, -(-w // d) * d
+    with torch.no_grad():
+        logits = model(torch.nn.functional.pad(images, (0, pw - w, 0, ph - h)))
+    return torch.nn.functional.interpolate(logits, size=(ph, pw), mode="bilinear", align_corners=False)[..., :h, :w]
+
+
+def expected_slide_predict(model: torch.nn.Module, images: torch.Tensor, crop: int, stride: int) -> torch.Tensor:
+    """``predict(images, "slide", crop, stride)`` written out: windows of min(crop, side) every
+    ``stride`` pixels, the last one flush with the bottom/right edge; each window predicted whole;
+    overlapping logits averaged. Returns (B, K, H, W)."""
+    h, w = images.shape[-2:]
+    ch, cw = min(crop, h), min(crop, w)
+    ys = sorted({min(y, h - ch) for y in range(0, max(h - ch, 0) + stride, stride)})
+    xs = sorted({min(x, w - cw) for x in range(0, max(w - cw, 0) + stride, stride)})
+    total = torch.zeros(images.shape[0], model.num_classes, h, w)
+    count = torch.zeros(1, 1, h, w)
+    for y in ys:
+        for x in xs:
+            total[..., y : y + ch, x : x + cw] += expected_whole_predict(model, images[..., y : y + ch, x : x + cw])
+            count[..., y : y + ch, x : x + cw] += 1
+    assert count.min() >= 1  # the windows cover the image
+    return total / count
+
+
+# -------------------------------------------------------------------------------------------------
 # small shared utilities
 # -------------------------------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import assert_close_scaled, expected_slide_predict, expected_whole_predict
 
 from offseg_vis import build_model
 from offseg_vis.errors import CheckpointError
@@ -23,18 +24,20 @@ def mbv2_offset():
 
 @pytest.mark.parametrize("size", [(97, 61), (250, 333), (64, 64)])
 @pytest.mark.parametrize("mode", ["whole", "slide"])
+@pytest.mark.numeric
 def test_predict_any_size(mbv2_offset, size, mode):
     model = mbv2_offset.eval()
     x = torch.randn(1, 3, *size)
     logits = model.predict(x, mode=mode, crop=96, stride=64)
-    assert logits.shape == (1, 5, *size)
-    assert torch.isfinite(logits).all()
+    expected = expected_whole_predict(model, x) if mode == "whole" else expected_slide_predict(model, x, 96, 64)
+    assert logits.shape == expected.shape == (1, 5, *size)
+    assert_close_scaled(logits, expected, 4)  # bilinear taps and at most 4 overlapping windows
 
 
 def test_slide_with_one_window_equals_whole(mbv2_offset):
     model = mbv2_offset.eval()
     x = torch.randn(1, 3, 64, 96)
-    torch.testing.assert_close(model.predict(x, "slide", crop=128, stride=96), model.predict(x, "whole"))
+    assert torch.equal(model.predict(x, "slide", crop=128, stride=96), model.predict(x, "whole"))  # one window, / 1
 
 
 def test_loss_and_gradients_reach_every_parameter():
@@ -64,7 +67,9 @@ def test_intermediates_and_eval_determinism(mbv2_offset):
     assert isinstance(out, SegmentorOutput)
     assert out.logits.shape == (2, 5, 16, 16)
     assert out.classifier.features.shape == (2, 256, 128)
-    torch.testing.assert_close(out.logits, again, atol=1e-5, rtol=1e-5)
+    # With intermediates the plain Offset Learning path runs, without them the fused one: equal up
+    # to rounding (products over 128 channels and 256 pixels).
+    assert_close_scaled(out.logits, again, 256)
 
 
 def test_linear_and_offset_differ_only_in_classifier():
@@ -79,12 +84,13 @@ def test_linear_and_offset_differ_only_in_classifier():
     assert n_off - n_lin == (11 * 128 + 2 * 128 * 128 + 22) - (11 * 128 + 11)
 
 
+@pytest.mark.numeric
 def test_export_matches_eager(mbv2_offset):
     model = mbv2_offset.eval()
     x = torch.randn(1, 3, 64, 64)
     exported = torch.export.export(model, (x,))
     with torch.no_grad():
-        torch.testing.assert_close(exported.module()(x), model(x), atol=1e-4, rtol=1e-4)
+        assert_close_scaled(exported.module()(x), model(x), 2048)  # same kernels; convs up to ~2k taps
 
 
 def test_imagenet_weights_load_and_reject_bad_files(tmp_path):
@@ -113,9 +119,9 @@ def test_pretrained_backbone_classifies_a_cat_feature_is_nontrivial():
 
     def feats(img):
         x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
-        x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
-            [0.229, 0.224, 0.225]
-        ).view(1, 3, 1, 1)
+        x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(
+            1, 3, 1, 1
+        )
         with torch.no_grad():
             return trunk(torch.nn.functional.interpolate(x, size=(224, 224)))[-1].mean((2, 3))[0]
 
