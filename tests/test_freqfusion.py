@@ -385,3 +385,25 @@ def test_offseg_head_matches_float64_reference():
         got = head(feats)
     assert got.shape == (1, 5, 16, 24)
     assert (got - ref).abs().max() <= 1e-10 * max(1.0, float(ref.abs().max()))
+
+
+def test_efficientformer_bias_cache_never_serves_stale_biases():
+    """The eval-time attention-bias cache (part of the same speed-up) equals the uncached gather,
+    follows edits made through ``.data`` and size changes, and stays out of autograd."""
+    from offseg_vis.models.backbones.efficientformer_v2 import efficientformer_v2
+
+    backbone = efficientformer_v2("s1").eval()
+    modules = [m for m in backbone.modules() if hasattr(m, "attention_biases_seg")]
+    assert len(modules) == 5  # S1: 2 attention blocks in each of stages 3 and 4, and the downsampling one
+    m = modules[0]
+    nq = m.attention_bias_idxs_seg.shape[0]
+    with torch.no_grad():
+        first = m.relative_bias(nq, nq)
+        assert m.relative_bias(nq, nq) is first  # served from the cache
+        m.attention_biases_seg.data.normal_()  # bypasses the version counter
+        second = m.relative_bias(nq, nq)
+        assert torch.equal(second, m.attention_biases_seg[:, m.attention_bias_idxs_seg])
+        resized = m.relative_bias(nq // 4, nq // 4)
+        assert resized.shape[-2:] == (nq // 4, nq // 4)
+    with_grad = m.relative_bias(nq, nq)
+    assert with_grad.requires_grad and torch.equal(with_grad, second)

@@ -171,6 +171,17 @@ class Mlp(nn.Module):
         return self.norm2(self.fc2(x))
 
 
+def _recording_graph() -> bool:
+    """True while torch.jit, torch.compile, torch.export or the ONNX exporter records a graph (a
+    cached tensor would become a constant of it)."""
+    return (
+        torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+        or torch.onnx.is_in_onnx_export()
+    )
+
+
 class _RelativeBias(nn.Module):
     """Shared bias logic of both attention modules.
 
@@ -196,14 +207,35 @@ class _RelativeBias(nn.Module):
         """The (heads, num_queries, num_keys) attention bias for the current input size.
 
         The gathered (heads, Nq₀, Nk₀) matrix is resized as a 2-D image (bicubic, align_corners=False)
-        when the token counts differ from the 512×512 ones; at 512×512 it is used as is. Recomputed
-        on every call (no eval-mode cache), so loading weights at any time is safe.
+        when the token counts differ from the 512×512 ones; at 512×512 it is used as is.
+
+        Without autograd the result is cached, keyed on the size and on an exact copy of the learned
+        table and index (compared in full on every call, a few thousand values), so weights loaded
+        or edited in any way, even through ``.data``, are never served stale. Why: the gather over
+        the (Nq, Nk) index (2·10⁵-8·10⁵ entries at 512², five attention blocks in S1) cost ≈ 6 %
+        of an OffSeg-T forward on one CPU thread; the cached copy costs nothing.
         """
-        bias = self.attention_biases_seg[:, self.attention_bias_idxs_seg]  # (heads, Nq0, Nk0)
+        table, index = self.attention_biases_seg, self.attention_bias_idxs_seg
+        cacheable = not (torch.is_grad_enabled() and table.requires_grad) and not _recording_graph()
+        if cacheable:
+            cached = getattr(self, "_bias_cache", None)
+            if (
+                cached is not None
+                and cached[0] == (num_queries, num_keys, torch.is_inference_mode_enabled())
+                and cached[1].device == table.device
+                and cached[1].dtype == table.dtype
+                and torch.equal(cached[1], table)
+                and torch.equal(cached[2], index)
+            ):
+                return cached[3]
+        bias = table[:, index]  # (heads, Nq0, Nk0)
         if bias.shape[-2:] != (num_queries, num_keys):
             bias = F.interpolate(
                 bias.unsqueeze(0), size=(num_queries, num_keys), mode="bicubic", align_corners=False
             ).squeeze(0)
+        if cacheable:
+            key = (num_queries, num_keys, torch.is_inference_mode_enabled())
+            self._bias_cache = (key, table.detach().clone(), index.clone(), bias)
         return bias
 
 
@@ -299,7 +331,13 @@ class Attention4DDownsample(_RelativeBias):
     """
 
     def __init__(
-        self, dim: int, out_dim: int, grid: int, imagenet_grid: int, key_dim: int = 16, heads: int = 8,
+        self,
+        dim: int,
+        out_dim: int,
+        grid: int,
+        imagenet_grid: int,
+        key_dim: int = 16,
+        heads: int = 8,
         attn_ratio: int = 4,
     ) -> None:
         super().__init__()
@@ -454,8 +492,13 @@ class EfficientFormerV2(nn.Module):
                     stride = 2 if stage == 2 else 1
                     blocks.append(
                         AttnFFNBlock(
-                            dim, ratio, grid=resolution // 32, imagenet_grid=IMAGENET_RESOLUTION // 32,
-                            stride=stride, drop_path_rate=rate, layer_scale=layer_scale_init,
+                            dim,
+                            ratio,
+                            grid=resolution // 32,
+                            imagenet_grid=IMAGENET_RESOLUTION // 32,
+                            stride=stride,
+                            drop_path_rate=rate,
+                            layer_scale=layer_scale_init,
                         )
                     )
                 else:
