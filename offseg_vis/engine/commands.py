@@ -16,7 +16,7 @@ import numpy as np
 
 from offseg_vis.data.datasets import canonical_name
 from offseg_vis.engine.config import Config, DataConfig, as_pair, from_dict
-from offseg_vis.engine.run import datasets_for, evaluate_split
+from offseg_vis.engine.run import datasets_for, evaluate_split, load_run
 from offseg_vis.errors import ConfigError, InputError
 from offseg_vis.models.weights import atomic_write_text
 
@@ -150,10 +150,10 @@ def checkpoint_config(meta: dict, dataset: str | None = None) -> Config:
 
 
 def _eval_command(args: argparse.Namespace) -> int:
-    from offseg_vis.engine.checkpoint import load_model
-
     device = _device(args.device)
-    model, meta = load_model(args.checkpoint, device)
+    run = load_run(args.checkpoint, device)
+    model, meta = run.model, run.card
+    print(f"classes: {run.classes_source}")
     cfg = checkpoint_config(meta, args.dataset)
     if args.split:
         cfg.data.val_split = args.split
@@ -191,14 +191,6 @@ def _eval_command(args: argparse.Namespace) -> int:
         atomic_write_text(out, json.dumps(metrics.to_dict(), indent=2) + "\n")
         print(f"metrics written to {out}")
     return 0
-
-
-def default_palette(num_classes: int) -> np.ndarray:
-    """A fixed, distinguishable (K, 3) uint8 palette for checkpoints that carry none."""
-    rng = np.random.default_rng(12345)
-    palette = rng.integers(0, 256, size=(num_classes, 3), dtype=np.uint8)
-    palette[0] = 0
-    return palette
 
 
 def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
@@ -242,12 +234,10 @@ def _predict_command(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
-    from offseg_vis.engine.checkpoint import load_model
-
     device = _device(args.device)
-    model, meta = load_model(args.checkpoint, device)
-    palette = meta.get("palette")
-    palette = np.asarray(palette, dtype=np.uint8) if palette else default_palette(model.num_classes)
+    run = load_run(args.checkpoint, device)
+    model, meta, palette = run.model, run.card, run.palette
+    print(f"classes: {run.classes_source}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for image, stem, source in _images_to_predict(args, meta):

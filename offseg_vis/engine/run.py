@@ -1,10 +1,11 @@
-"""The one run API: a config's data splits, built one way for train, eval, export, predict and the
-experiment.
+"""The one run API: a config's data splits and a checkpoint's model, each built one way for train,
+eval, export, predict, the experiment, the app and the notebooks.
 
 :func:`datasets_for` builds a split of a :class:`~offseg_vis.engine.config.Config` with the transform
 that split uses (the training recipe, or the test transform with ``test.scale``) and its class names;
 :func:`evaluate_split` scores a model on it with the config's test protocol. Every caller goes
 through these two, so an exported card's mIoU and ``offseg eval``'s cannot drift apart.
+:func:`load_run` loads a checkpoint with its card, class names and palette.
 """
 
 from __future__ import annotations
@@ -13,9 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+from torch import nn
+
 from offseg_vis.data.datasets import build_dataset, canonical_name
 from offseg_vis.data.fashion_scenes import open_stored_set
 from offseg_vis.data.transforms import TestTransform, TrainTransform, TransformedDataset
+from offseg_vis.engine.checkpoint import load_model
 from offseg_vis.engine.config import Config, TestConfig, as_pair
 from offseg_vis.engine.evaluate import SegMetrics, evaluate
 from offseg_vis.errors import ConfigError
@@ -139,4 +145,61 @@ def evaluate_split(
         class_names=class_names or data.classes or None,
         transform=data.transform,
         **options,
+    )
+
+
+@dataclass
+class LoadedRun:
+    """A checkpoint, loaded: the model with everything its card says.
+
+    Attributes:
+        path: the weights file.
+        model: the Segmentor in eval mode.
+        card: the checkpoint's card (metadata), with ``class_names``, ``palette`` and ``classes_source``.
+        class_names: K names in label order.
+        palette: (K, 3) uint8 colours.
+        classes_source: where names and palette came from (print it when they are not the card's own).
+    """
+
+    path: Path
+    model: nn.Module
+    card: dict
+    class_names: list[str]
+    palette: np.ndarray
+    classes_source: str
+
+    @property
+    def model_name(self) -> str:
+        return str(self.card.get("model"))
+
+    @property
+    def classifier(self) -> str:
+        """ "offset" or "linear"."""
+        return str(self.card.get("classifier") or (self.card.get("config") or {}).get("model", {}).get("classifier"))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def load_run(checkpoint: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
+    """Build the model a checkpoint's card names, load its weights (strict) and its classes.
+
+    Raises:
+        CheckpointError: missing or damaged file, or a card that does not name its model.
+    """
+    from offseg_vis.models.weights import weights_path
+
+    model, card = load_model(checkpoint, device)
+    return LoadedRun(
+        path=weights_path(checkpoint),
+        model=model,
+        card=card,
+        class_names=list(card["class_names"]),
+        palette=np.asarray(card["palette"], dtype=np.uint8).reshape(-1, 3),
+        classes_source=str(card["classes_source"]),
     )
