@@ -228,3 +228,13 @@ def test_widget_callbacks_without_a_browser():
         want = explore.nearest_pixels(feats, (t.row[sel[0]], t.col[sel[0]]), 5)
         np.testing.assert_array_equal(found[name].flat, want.flat)
     assert "5 nearest pixels" in text
+
+
+def test_scatter_frame_colour_columns_keep_the_colour_maps_order():
+    probes, twins = _probes(2)
+    t = explore.pixel_table(probes, max_pixels=60, twin_probes=twins, class_names=list("dcba"))
+    frame = explore.scatter_frame(t, explore.pixel_map(probes, t, method="pca"))
+    for by in explore.COLOUR_BY:
+        labels, cmap = explore.colour_by(t, by)
+        assert list(frame[f"by_{by}"].cat.categories) == list(cmap)  # not alphabetical
+        assert list(frame[f"by_{by}"].astype(str)) == list(labels)

@@ -639,10 +639,15 @@ def scatter_frame(table: PixelTable, pixel_map_: PixelMap, palette: np.ndarray |
     frame["ex"], frame["ey"] = pixel_map_.before[:, 0], pixel_map_.before[:, 1]
     if pixel_map_.after is not None:
         frame["e2x"], frame["e2y"] = pixel_map_.after[:, 0], pixel_map_.after[:, 1]
+    import pandas as pd  # optional: the notebooks extra
+
     for by in COLOUR_BY:
         if by == "twin" and not table.has_twin:
             continue
-        frame[f"by_{by}"] = colour_by(table, by, palette)[0]
+        labels, cmap = colour_by(table, by, palette)
+        # Categories in the colour map's order: the widget then numbers them as the map lists them (with
+        # plain strings it sorts them alphabetically, and its legend came out permuted).
+        frame[f"by_{by}"] = pd.Categorical(labels, categories=list(cmap))
     return frame
 
 
