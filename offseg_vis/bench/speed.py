@@ -10,6 +10,7 @@ model are timed interleaved, call by call, so their ratio is fair even on a nois
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import torch
 
 from offseg_vis.bench.model_cost import count_gmacs, count_parameters
 from offseg_vis.bench.timing import environment, paired_ratio, time_call, time_interleaved
+from offseg_vis.deploy.onnx_export import OnnxRuntimeModel, compare_with_torch, export_onnx
 from offseg_vis.models.weights import atomic_write_text
 from offseg_vis.models.zoo import build_model
 
@@ -65,6 +67,22 @@ def _stats(t: dict) -> dict:
     return {k: v for k, v in t.items() if k != "times_s"}
 
 
+RUNTIMES = ("torch", "onnxruntime")
+# docs/benchmarks.md: everything from this line on is written by hand and kept by run_and_write.
+KEEP_MARKER = "<!-- sections below are written by hand; offseg bench speed keeps them -->"
+
+
+def _onnxruntime_forward(model: torch.nn.Module, size: int, folder: str):
+    """A no-argument callable running ``model`` exported to ONNX (fixed size) in ONNX Runtime, and
+    max |ONNX Runtime − torch| of its logits."""
+    path = Path(folder) / f"{getattr(model, 'model_name', 'model')}_{getattr(model, 'classifier_name', '')}.onnx"
+    export_onnx(model, path, (size, size), dynamic=False, check_sizes=[])
+    runtime = OnnxRuntimeModel(path)
+    check = compare_with_torch(model, runtime, (size, size))
+    x = torch.randn(1, 3, size, size).numpy()
+    return (lambda: runtime(x)), check
+
+
 def benchmark_models(
     names: tuple[str, ...] = DEFAULT_MODELS,
     size: int = 512,
@@ -72,50 +90,87 @@ def benchmark_models(
     runs: int = 20,
     num_classes: int = 150,
     with_hf_peer: bool = True,
+    runtimes: tuple[str, ...] = ("torch",),
 ) -> dict:
-    """Time every model in both classifier variants, interleaved run by run; returns a JSON-able dict.
+    """Time every model in both classifier variants and every runtime, all interleaved run by run;
+    returns a JSON-able dict.
 
-    The linear and offset variants of one model (and, for ``segformer-b0``, the Hugging Face peer)
-    alternate call by call (:func:`~offseg_vis.bench.timing.time_interleaved`), so their ratio is the
-    median of per-round ratios under the same machine load.
+    Every callable (each model × classifier × runtime, and the Hugging Face SegFormer-B0 peer when
+    ``segformer-b0`` is listed) runs once per round (:func:`~offseg_vis.bench.timing.time_interleaved`),
+    so any ratio between two of them (offset/linear, model/model, ONNX Runtime/torch) is the median of
+    per-round ratios under the same machine load. ``runtimes``: "torch" (eager, inference mode) and/or
+    "onnxruntime" (the model exported at this fixed size, ONNX Runtime CPU, same thread count).
     """
+    unknown = [r for r in runtimes if r not in RUNTIMES]
+    if unknown or not runtimes:
+        raise ValueError(f"runtimes must be among {RUNTIMES}, got {list(runtimes)}.")
+    if "torch" not in runtimes:
+        runtimes = ("torch", *runtimes)  # GMACs and the logit checks need the torch model anyway
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
-    result = {"size": size, "warmup": warmup, "runs": runs, **environment(), "models": []}
+    result = {"size": size, "warmup": warmup, "runs": runs, "runtimes": list(runtimes), **environment(), "models": []}
     result["matmul_gflops"] = matmul_gflops()
-    hf = _hf_segformer_b0(size, device) if with_hf_peer else None
-    for name in names:
-        row: dict = {"model": name}
-        calls, costs = {}, {}
-        for classifier in ("linear", "offset"):
-            torch.manual_seed(0)
-            model = build_model(
-                name, num_classes=11 if name == "offseg-mbv2" else num_classes, classifier=classifier
-            )
-            costs[classifier] = (count_parameters(model) / 1e6, count_gmacs(model, size))
-            calls[classifier] = _forward(model, size, device)
-        if hf is not None and name == "segformer-b0":
+    hf = _hf_segformer_b0(size, device) if with_hf_peer and "segformer-b0" in names else None
+    calls, costs, checks = {}, {}, {}
+    with tempfile.TemporaryDirectory() as folder:
+        for name in names:
+            for classifier in ("linear", "offset"):
+                torch.manual_seed(0)
+                model = build_model(
+                    name, num_classes=11 if name == "offseg-mbv2" else num_classes, classifier=classifier
+                )
+                costs[name, classifier] = (count_parameters(model) / 1e6, count_gmacs(model, size))
+                calls[f"{name}/{classifier}/torch"] = _forward(model, size, device)
+                if "onnxruntime" in runtimes:
+                    fn, checks[name, classifier] = _onnxruntime_forward(model, size, folder)
+                    calls[f"{name}/{classifier}/onnxruntime"] = fn
+        if hf is not None:
             calls["hf_peer"] = hf[0]
         timed = time_interleaved(calls, warmup=warmup, runs=runs, cuda=device == "cuda")
-        for classifier, (params_m, gmacs) in costs.items():
-            t = timed[classifier]
-            row[classifier] = {"params_m": params_m, "gmacs": gmacs, **_stats(t)}
-            row[classifier]["achieved_gflops"] = 2 * gmacs / t["median_s"]
-            row[classifier]["fraction_of_matmul_peak"] = row[classifier]["achieved_gflops"] / result["matmul_gflops"]
-        row["offset_over_linear_latency"] = paired_ratio(timed["offset"]["times_s"], timed["linear"]["times_s"])
-        if "hf_peer" in timed:
-            result["hf_segformer_b0"] = {
-                "params_m": hf[1],
-                **_stats(timed["hf_peer"]),
-                "ours_linear_over_hf_latency": paired_ratio(timed["linear"]["times_s"], timed["hf_peer"]["times_s"]),
-            }
+    for name in names:
+        row: dict = {"model": name}
+        for classifier in ("linear", "offset"):
+            params_m, gmacs = costs[name, classifier]
+            t = timed[f"{name}/{classifier}/torch"]
+            r = row[classifier] = {"params_m": params_m, "gmacs": gmacs, **_stats(t)}
+            r["achieved_gflops"] = 2 * gmacs / t["median_s"]
+            r["fraction_of_matmul_peak"] = r["achieved_gflops"] / result["matmul_gflops"]
+            if "onnxruntime" in runtimes:
+                o = timed[f"{name}/{classifier}/onnxruntime"]
+                r["onnxruntime"] = {
+                    **_stats(o),
+                    "over_torch_latency": paired_ratio(o["times_s"], t["times_s"]),
+                    **checks[name, classifier],
+                }
+        row["offset_over_linear_latency"] = paired_ratio(
+            timed[f"{name}/offset/torch"]["times_s"], timed[f"{name}/linear/torch"]["times_s"]
+        )
+        if "segformer-b0" in names:
+            row["offset_over_segformer_b0_offset"] = paired_ratio(
+                timed[f"{name}/offset/torch"]["times_s"], timed["segformer-b0/offset/torch"]["times_s"]
+            )
+            if hf is not None:
+                row["offset_over_hf_segformer_b0"] = paired_ratio(
+                    timed[f"{name}/offset/torch"]["times_s"], timed["hf_peer"]["times_s"]
+                )
         result["models"].append(row)
+        ort = ""
+        if "onnxruntime" in runtimes:
+            ort = f", onnxruntime offset {row['offset']['onnxruntime']['median_s'] * 1e3:.0f} ms"
         print(
-            f"  {name}: linear {row['linear']['median_s'] * 1e3:.0f} ms, "
-            f"offset {row['offset']['median_s'] * 1e3:.0f} ms (paired ratio x{row['offset_over_linear_latency']:.3f})",
+            f"  {name}: linear {row['linear']['median_s'] * 1e3:.0f} ms, offset {row['offset']['median_s'] * 1e3:.0f} "
+            f"ms (paired ratio x{row['offset_over_linear_latency']:.3f}){ort}",
             flush=True,
         )
+    if hf is not None:
+        result["hf_segformer_b0"] = {
+            "params_m": hf[1],
+            **_stats(timed["hf_peer"]),
+            "ours_linear_over_hf_latency": paired_ratio(
+                timed["segformer-b0/linear/torch"]["times_s"], timed["hf_peer"]["times_s"]
+            ),
+        }
     from offseg_vis.bench.offset_learning import benchmark as ol_benchmark
 
     result["offset_learning_paths"] = ol_benchmark(150, 256, size // 4, runs=runs)
@@ -129,11 +184,13 @@ def format_markdown(result: dict) -> str:
         f"batch 1, {result['size']}×{result['size']}, {result['warmup']} warm-ups, {result['runs']} timed runs; "
         f"dense fp32 matmul peak {result['matmul_gflops']:.0f} GFLOP/s (2048² torch.mm)"
     )
+    ort = "onnxruntime" in result.get("runtimes", ())
     lines = [
-        f"Measured on: {env}.",
+        f"Measured on: {env}; every call interleaved with every other, round by round.",
         "",
-        "| model | classifier | params (M) | GMACs | median ms | min ms | offset/linear latency | % of matmul peak |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | classifier | params (M) | GMACs | median ms | min ms | offset/linear latency | % of matmul peak |"
+        + (" ONNX Runtime ms | ORT/torch | ORT max abs diff |" if ort else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|---|---|" if ort else ""),
     ]
     for row in result["models"]:
         for classifier in ("linear", "offset"):
@@ -143,6 +200,21 @@ def format_markdown(result: dict) -> str:
                 f"| {row['model']} | {classifier} | {r['params_m']:.2f} | {r['gmacs']:.2f} | "
                 f"{r['median_s'] * 1e3:.0f} | {r['min_s'] * 1e3:.0f} | {ratio} | "
                 f"{100 * r['fraction_of_matmul_peak']:.0f}% |"
+                + (
+                    f" {r['onnxruntime']['median_s'] * 1e3:.0f} | ×{r['onnxruntime']['over_torch_latency']:.2f} | "
+                    f"{r['onnxruntime']['max_abs_diff']:.1e} |"
+                    if ort
+                    else ""
+                )
+            )
+    cross = [row for row in result["models"] if "offset_over_segformer_b0_offset" in row]
+    if cross:
+        lines += ["", "Offset variants against SegFormer-B0 (offset) and the Hugging Face peer (paired, interleaved):"]
+        for row in cross:
+            hf_ratio = row.get("offset_over_hf_segformer_b0")
+            lines.append(
+                f"- {row['model']}: ×{row['offset_over_segformer_b0_offset']:.2f} our SegFormer-B0-OL"
+                + (f", ×{hf_ratio:.2f} HF SegFormer-B0" if hf_ratio is not None else "")
             )
     peer = result.get("hf_segformer_b0")
     if peer:
@@ -176,8 +248,14 @@ def run_and_write(out_dir: str | Path = "docs", **kwargs) -> dict:
     result = benchmark_models(**kwargs)
     result["wall_time_s"] = time.time() - t0
     atomic_write_text(out_dir / "benchmarks.json", json.dumps(result, indent=1))
+    md = out_dir / "benchmarks.md"
+    kept = ""
+    if md.exists():  # hand-written sections after the marker survive a regeneration
+        text = md.read_text()
+        if KEEP_MARKER in text:
+            kept = "\n" + text[text.index(KEEP_MARKER) :]
     atomic_write_text(
-        out_dir / "benchmarks.md",
-        "# Speed, size and cost\n\nProduced by `offseg bench speed`.\n\n" + format_markdown(result) + "\n",
+        md,
+        "# Speed, size and cost\n\nProduced by `offseg bench speed`.\n\n" + format_markdown(result) + "\n" + kept,
     )
     return result
