@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import missing
 from PIL import Image
 
 from offseg_vis.data import commands
@@ -191,7 +192,7 @@ def test_build_fashion_scenes_by_name(tmp_path):
     try:
         find_fashion_mnist()
     except DatasetError as err:
-        pytest.skip(str(err))
+        missing(str(err))
     config = {"size": 32, "item_min": 8, "item_max": 16}
     data = build_dataset("fashion-scenes", tmp_path, split="val", config=config, length=2, progress=False)
     image, mask, name = data[1]
@@ -308,7 +309,7 @@ def test_cli_fashion_scenes_is_byte_identical(tmp_path, capsys):
     try:
         find_fashion_mnist()
     except DatasetError as err:
-        pytest.skip(str(err))
+        missing(str(err))
     for out in ("a", "b"):
         argv = [
             "data",

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from conftest import missing
 from scipy import ndimage
 
 from offseg_vis.data import fashion_scenes as fs
@@ -22,7 +23,7 @@ def fmnist_dir():
     try:
         return find_fashion_mnist()
     except DatasetError as err:
-        pytest.skip(str(err))
+        missing(str(err))
 
 
 SMALL = fs.FashionScenesConfig(size=64, item_min=16, item_max=32, min_items=2, max_items=4)

@@ -14,13 +14,7 @@ from offseg_vis.models.zoo import build_model
 K = 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small models on shared CPU cores: one thread avoids OpenMP threads waiting for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models on shared cores
 
 
 @pytest.fixture(scope="module")
