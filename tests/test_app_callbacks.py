@@ -7,6 +7,7 @@ written to a temp folder, so it passes before and after the trained models land.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import struct
 import zlib
 
@@ -26,7 +27,7 @@ from offseg_vis.app.examples import ExampleMasks, example_images, mask_path
 from offseg_vis.app.inputs import InputLimits, load_image
 from offseg_vis.app.models import ModelRegistry, load_checkpoint
 from offseg_vis.app.testing import checkpoints_or_untrained, write_untrained_checkpoints
-from offseg_vis.data.fashion_scenes import CLASSES
+from offseg_vis.data.fashion_scenes import CLASSES, PALETTE
 from offseg_vis.errors import CheckpointError, InputError
 
 # ----------------------------------------------------------------------------- input files
@@ -261,7 +262,7 @@ def test_twin_discovery_needs_the_same_recipe(ctx, tmp_path):
     assert recipe_key(meta) == recipe_key(twin.metadata)  # the shipped (or untrained) pair are twins
     if recipe_key(meta) is not None:
         changed = {**twin.metadata, "config": {**twin.metadata["config"], "runtime": {"seed": 1}}}
-        other_seed = type(twin)(**{**twin.__dict__, "metadata": changed, "label": "other seed"})
+        other_seed = dataclasses.replace(twin, card=changed, label="other seed")
         registry = ModelRegistry([offset, other_seed])
         found, how = registry.twin_for(offset)
         assert found is None and "same recipe, data and seed" in how
@@ -445,3 +446,20 @@ def test_untrained_checkpoints_carry_a_fashion_scenes_card(tmp_path):
     paths = write_untrained_checkpoints(tmp_path, classifiers=("linear",))
     entry = load_checkpoint(paths[0])
     assert entry.class_names == list(CLASSES) and entry.palette.shape == (11, 3) and entry.miou is None
+    np.testing.assert_array_equal(entry.palette, np.asarray(PALETTE, np.uint8))
+    assert "Classes:" not in entry.card_markdown()  # the card's own names: nothing to explain
+
+
+def test_app_model_is_the_run_api_and_says_where_guessed_classes_came_from(tmp_path):
+    from offseg_vis import build_model
+    from offseg_vis.engine.run import LoadedRun, load_run
+    from offseg_vis.models.weights import save_weights
+
+    torch.manual_seed(0)
+    path = save_weights(build_model("offseg-mbv2", 11, classifier="linear"), tmp_path / "nameless", metadata={})
+    entry, run = load_checkpoint(path), load_run(path)
+    assert isinstance(entry, LoadedRun)
+    assert entry.class_names == run.class_names and entry.classes_source == run.classes_source
+    np.testing.assert_array_equal(entry.palette, run.palette)
+    assert not entry.classes_source.startswith("class names")  # the card has none: a table or generic names
+    assert f"*Classes: {run.classes_source}*" in entry.card_markdown()

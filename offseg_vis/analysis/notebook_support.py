@@ -7,16 +7,17 @@ notebook runs in well under three minutes on 2 CPU cores; without it the noteboo
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from torch import nn
 
 from offseg_vis.analysis.cache import file_digest
 from offseg_vis.engine.config import load_config, shipped_checkpoints_dir
+from offseg_vis.engine.run import LoadedRun, load_run
 from offseg_vis.errors import CheckpointError
 
 MODEL_NAME = "offseg-mbv2"
@@ -57,10 +58,26 @@ def settings(fast: bool | None = None) -> NotebookSettings:
     """The settings for fast mode (``OFFSEG_FAST=1``) or the full notebooks."""
     fast = fast_mode() if fast is None else fast
     if fast:
-        return NotebookSettings(True, n_images=12, eval_images=8, max_points=4000, umap_epochs=60,
-                                fallback_steps=20, compare_steps=10, batch_size=4)
-    return NotebookSettings(False, n_images=60, eval_images=200, max_points=50_000, umap_epochs=100,
-                            fallback_steps=600, compare_steps=800, batch_size=16)
+        return NotebookSettings(
+            True,
+            n_images=12,
+            eval_images=8,
+            max_points=4000,
+            umap_epochs=60,
+            fallback_steps=20,
+            compare_steps=10,
+            batch_size=4,
+        )
+    return NotebookSettings(
+        False,
+        n_images=60,
+        eval_images=200,
+        max_points=50_000,
+        umap_epochs=100,
+        fallback_steps=600,
+        compare_steps=800,
+        batch_size=16,
+    )
 
 
 def setup(fast: bool | None = None) -> NotebookSettings:
@@ -104,26 +121,35 @@ def cache_dir() -> Path:
 
 
 @dataclass
-class LoadedModel:
-    """A model ready for analysis and where it came from.
+class NotebookModel(LoadedRun):
+    """A model ready for analysis: the :class:`~offseg_vis.engine.run.LoadedRun` of a checkpoint (model in
+    eval mode on the CPU, card, class names, palette) plus where it came from.
 
     Attributes:
-        model: the Segmentor (eval mode, CPU).
-        classifier: "offset" or "linear".
         source: a sentence saying which checkpoint was loaded or that a small model was trained now.
-        checkpoint: the weights file.
         key: digest of the weights file (keys analysis caches).
         trained_now: True when no shipped checkpoint existed and one was trained for the notebook.
-        metadata: the checkpoint's JSON card.
     """
 
-    model: nn.Module
-    classifier: str
-    source: str
-    checkpoint: Path
-    key: str
-    trained_now: bool
-    metadata: dict = field(default_factory=dict)
+    source: str = ""
+    key: str = ""
+    trained_now: bool = False
+
+    @property
+    def checkpoint(self) -> Path:
+        """The weights file (``path``)."""
+        return self.path
+
+    @property
+    def metadata(self) -> dict:
+        """The checkpoint's card (``card``)."""
+        return self.card
+
+
+def _notebook_model(path: Path, source: str, trained_now: bool) -> NotebookModel:
+    run = load_run(path, device="cpu")
+    fields = {f.name: getattr(run, f.name) for f in dataclasses.fields(LoadedRun)}
+    return NotebookModel(**fields, source=source, key=file_digest(path), trained_now=trained_now)
 
 
 def training_config(
@@ -152,9 +178,7 @@ def training_config(
     return load_config(DEFAULT_CONFIG, overrides)
 
 
-def train_small(
-    classifier: str, steps: int, batch_size: int = 8, eval_images: int = 16, work_dir: Path | None = None
-):
+def train_small(classifier: str, steps: int, batch_size: int = 8, eval_images: int = 16, work_dir: Path | None = None):
     """Train OffSeg-MBV2 with ``classifier`` for ``steps`` steps from the CPU default config.
 
     In fast mode torch uses one thread: on cores shared with other jobs, two OpenMP threads that wait
@@ -169,20 +193,12 @@ def train_small(
     return train(training_config(classifier, steps, batch_size, eval_images, work_dir, threads))
 
 
-def _load(path: Path) -> tuple[nn.Module, dict[str, Any]]:
-    from offseg_vis.engine.checkpoint import load_model
-
-    return load_model(path, device="cpu")
-
-
-def load_or_train(classifier: str = "offset", fast: bool | None = None) -> LoadedModel:
+def load_or_train(classifier: str = "offset", fast: bool | None = None) -> NotebookModel:
     """The shipped checkpoint of OffSeg-MBV2 with ``classifier``; if none ships, a small model trained
     now (``settings().fallback_steps`` steps; reused from ``runs/notebooks`` on later calls)."""
     shipped = shipped_checkpoint(classifier)
     if shipped is not None:
-        model, meta = _load(shipped)
-        return LoadedModel(model, classifier, f"loaded the shipped checkpoint {shipped.name}", shipped,
-                           file_digest(shipped), False, meta)
+        return _notebook_model(shipped, f"loaded the shipped checkpoint {shipped.name}", False)
     s = settings(fast)
     work_dir = runs_dir() / f"{MODEL_NAME}_{classifier}_{s.fallback_steps}steps"
     weights = work_dir / "last.safetensors"
@@ -191,10 +207,11 @@ def load_or_train(classifier: str = "offset", fast: bool | None = None) -> Loade
         weights = Path(result.last_checkpoint or result.checkpoint)
     if not weights.is_file():
         raise CheckpointError(f"Training finished but wrote no weights in {work_dir}; check its train.log.")
-    model, meta = _load(weights)
-    note = (f"no shipped checkpoint in {checkpoints_dir().name}/, so a small model was trained for "
-            f"{s.fallback_steps} steps ({'fast mode' if s.fast else 'full mode'}); expect weak results")
-    return LoadedModel(model, classifier, note, weights, file_digest(weights), True, meta)
+    note = (
+        f"no shipped checkpoint in {checkpoints_dir().name}/, so a small model was trained for "
+        f"{s.fallback_steps} steps ({'fast mode' if s.fast else 'full mode'}); expect weak results"
+    )
+    return _notebook_model(weights, note, True)
 
 
 def val_samples(n: int, start: int = 0) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:

@@ -26,7 +26,7 @@ from offseg_vis.app import render
 from offseg_vis.app.embedding_budget import EmbeddingSettings, UmapTimer
 from offseg_vis.app.examples import EXAMPLES_DIR, ExampleMasks
 from offseg_vis.app.inputs import InputLimits, load_image
-from offseg_vis.app.models import LoadedModel, ModelRegistry
+from offseg_vis.app.models import AppModel, ModelRegistry
 from offseg_vis.errors import InputError
 
 EMBEDDING_METHODS = ("auto", "umap", "pca")
@@ -108,7 +108,7 @@ class SegmentResult:
     status: str
 
 
-def _known_mask(ctx: AppContext, entry: LoadedModel, image: np.ndarray) -> np.ndarray | None:
+def _known_mask(ctx: AppContext, entry: AppModel, image: np.ndarray) -> np.ndarray | None:
     """The gallery mask of this exact image, when the model speaks FashionScenes' classes."""
     from offseg_vis.data.fashion_scenes import CLASSES
 

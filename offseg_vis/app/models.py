@@ -1,12 +1,13 @@
 """The checkpoints the app serves: found on disk, loaded once, described by their model cards.
 
-Each ``NAME.safetensors`` (with its ``NAME.json`` card) becomes a :class:`LoadedModel`: the network in eval
-mode, its class names and palette, and the card's facts (mIoU, parameters). A lock per model makes sure
+Each ``NAME.safetensors`` (with its ``NAME.json`` card) is loaded with the run API's ``load_run`` (the network
+in eval mode, its card, class names and palette) and served as an :class:`AppModel`. A lock per model makes sure
 one model never runs two images at once, whoever calls it (the web queue also limits concurrency).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -14,10 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-from torch import nn
-
 from offseg_vis.engine.config import shipped_checkpoints_dir
+from offseg_vis.engine.run import LoadedRun, load_run
 from offseg_vis.errors import CheckpointError
 
 CHECKPOINTS_ENV = "OFFSEG_CHECKPOINTS"
@@ -85,62 +84,28 @@ def recipe_key(meta: dict) -> str | None:
     return json.dumps(key, sort_keys=True)
 
 
-def _class_names(meta: dict, k: int) -> list[str]:
-    names = meta.get("class_names")
-    if isinstance(names, list | tuple) and len(names) == k:
-        return [str(n) for n in names]
-    if card_dataset(meta) == "fashion-scenes" and k == 11:
-        from offseg_vis.data.fashion_scenes import CLASSES
-
-        return list(CLASSES)
-    return [f"class {i}" for i in range(k)]
-
-
-def _palette(meta: dict, k: int) -> np.ndarray:
-    pal = meta.get("palette")
-    if isinstance(pal, list | tuple) and len(pal) >= k:
-        try:
-            return np.asarray(pal, dtype=np.int64).reshape(-1, 3)[:k].clip(0, 255).astype(np.uint8)
-        except ValueError:
-            pass
-    if card_dataset(meta) == "fashion-scenes" and k == 11:
-        from offseg_vis.data.fashion_scenes import PALETTE
-
-        return np.asarray(PALETTE, dtype=np.uint8)
-    from offseg_vis.analysis.plots import default_palette
-
-    return default_palette(k)
+def names_are_the_cards(classes_source: str) -> bool:
+    """True when the class names came from the checkpoint's own card (not a dataset table or a guess)."""
+    return classes_source.startswith("class names")
 
 
 @dataclass
-class LoadedModel:
-    """One checkpoint, loaded.
+class AppModel(LoadedRun):
+    """One checkpoint served by the app: the :class:`~offseg_vis.engine.run.LoadedRun` (model in eval mode,
+    card, class names and palette from :func:`~offseg_vis.engine.run.load_run`) plus what serving needs.
 
     Attributes:
         label: unique display name, e.g. "offseg-mbv2 · offset (offseg-mbv2_offset)".
-        path: the ``.safetensors`` file.
-        model: the Segmentor in eval mode.
-        model_name: zoo name; classifier: "offset" or "linear".
-        class_names: K names; palette: (K, 3) uint8 colours.
-        metadata: the model card.
-        num_params: parameter count.
-        lock: held while the model runs.
+        lock: held while the model runs (one image at a time per model).
     """
 
-    label: str
-    path: Path
-    model: nn.Module
-    model_name: str
-    classifier: str
-    class_names: list[str]
-    palette: np.ndarray
-    metadata: dict
-    num_params: int
+    label: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
+    def metadata(self) -> dict:
+        """The model card (the same dict as ``card``)."""
+        return self.card
 
     @property
     def is_offset(self) -> bool:
@@ -149,68 +114,51 @@ class LoadedModel:
     @property
     def miou(self) -> float | None:
         """The card's mIoU as a fraction, or None."""
-        value = card_metrics(self.metadata).get("mIoU")
+        value = card_metrics(self.card).get("mIoU")
         return float(value) if isinstance(value, int | float) else None
 
     def card_markdown(self) -> str:
-        """The model card in a few Markdown lines."""
+        """The model card in a few Markdown lines (with where the class names came from when they are not
+        the card's own)."""
         miou = f"{100 * self.miou:.1f} %" if self.miou is not None else "not recorded"
         kind = "Offset Learning" if self.is_offset else "per-pixel (linear) baseline"
-        dataset = card_dataset(self.metadata) or "unknown data"
-        steps = self.metadata.get("steps", self.metadata.get("step"))
+        dataset = card_dataset(self.card) or "unknown data"
+        steps = self.card.get("steps", self.card.get("step"))
         trained = f", {steps} training steps" if isinstance(steps, int) else ""
-        return (
+        text = (
             f"**{self.model_name}** — {kind} classifier · {self.num_params / 1e6:.2f} M parameters · "
             f"mIoU {miou} on {dataset}{trained}\n\n"
             f"{self.num_classes} classes: {', '.join(self.class_names)}"
         )
+        if not names_are_the_cards(self.classes_source):
+            text += f"\n\n*Classes: {self.classes_source}*"
+        return text
 
 
-def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
-    """Build the model a checkpoint's card names and load its weights (strict).
+def load_checkpoint(path: str | os.PathLike) -> AppModel:
+    """Load a checkpoint with :func:`~offseg_vis.engine.run.load_run` (strict; the card names the model) and
+    freeze it for serving.
 
     Raises:
-        CheckpointError: missing/corrupt file, or a card that does not name a zoo model.
+        CheckpointError: missing/corrupt file, or a card that does not name a model.
     """
-    from offseg_vis import build_model
-    from offseg_vis.models.weights import read_metadata, weights_path
-
-    path = weights_path(path)
-    meta = read_metadata(path)
-    name, k, classifier = meta.get("model"), meta.get("num_classes"), meta.get("classifier")
-    if not isinstance(name, str) or not isinstance(k, int) or classifier not in ("offset", "linear"):
+    run = load_run(path)
+    if run.classifier not in ("offset", "linear"):
         raise CheckpointError(
-            f"Checkpoint {path} has no usable model card (model={name!r}, num_classes={k!r}, "
-            f"classifier={classifier!r}); write it with offseg_vis.models.weights.save_weights."
+            f"Checkpoint {run.path} does not say which classifier it has (classifier={run.classifier!r}); "
+            "write it with offseg_vis.models.weights.save_weights."
         )
-    model = build_model(
-        name,
-        k,
-        classifier=classifier,
-        pretrained=path,
-        classifier_options=meta.get("classifier_options") or None,
-    )
-    model.eval()
-    for p in model.parameters():
+    for p in run.model.parameters():
         p.requires_grad_(False)  # inference only: no autograd bookkeeping
-    stem = path.name[: -len(".safetensors")]
-    return LoadedModel(
-        label=f"{name} · {classifier} ({stem})",
-        path=path,
-        model=model,
-        model_name=name,
-        classifier=classifier,
-        class_names=_class_names(meta, k),
-        palette=_palette(meta, k),
-        metadata=meta,
-        num_params=sum(p.numel() for p in model.parameters()),
-    )
+    stem = run.path.name[: -len(".safetensors")]
+    fields = {f.name: getattr(run, f.name) for f in dataclasses.fields(LoadedRun)}
+    return AppModel(**fields, label=f"{run.model_name} · {run.classifier} ({stem})")
 
 
 class ModelRegistry:
     """The loaded checkpoints, by label. Offset models come first (the first is the default)."""
 
-    def __init__(self, models: Sequence[LoadedModel]) -> None:
+    def __init__(self, models: Sequence[AppModel]) -> None:
         if not models:
             raise CheckpointError(
                 "No checkpoint to serve: put NAME.safetensors (+ NAME.json) files in checkpoints/, or pass "
@@ -239,7 +187,7 @@ class ModelRegistry:
     def default_label(self) -> str:
         return self.labels[0]
 
-    def get(self, label: str | None) -> LoadedModel:
+    def get(self, label: str | None) -> AppModel:
         """The model shown as ``label`` (None = the default)."""
         if label is None or label == "":
             return self.models[self.default_label]
@@ -247,7 +195,7 @@ class ModelRegistry:
             raise CheckpointError(f"There is no model called {label!r}; choose one of: {', '.join(self.labels)}.")
         return self.models[label]
 
-    def twin_for(self, entry: LoadedModel) -> tuple[LoadedModel | None, str]:
+    def twin_for(self, entry: AppModel) -> tuple[AppModel | None, str]:
         """The loaded checkpoint trained like ``entry`` (same recipe, data and seed per the cards) but with the
         other classifier, and a sentence saying how it was matched or why there is none."""
         other = "linear" if entry.is_offset else "offset"
