@@ -1,4 +1,4 @@
-"""The ``offseg`` command: ``offseg info|zoo|data|train|eval|predict|bench|convert|app|demo``.
+"""The ``offseg`` command: ``offseg info|zoo|data|train|eval|predict|experiment|bench|convert|app|demo``.
 
 Each area of the package registers its own sub-commands (``register(subparsers)`` in its
 ``commands`` module); this file only wires them and turns our errors into one-line messages.
@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "offseg_vis.engine.commands",
     "offseg_vis.engine.export",
     "offseg_vis.models.commands",
+    "offseg_vis.experiment.cli",
     "offseg_vis.bench.commands",
     "offseg_vis.app.commands",
     "offseg_vis.analysis.commands",

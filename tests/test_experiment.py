@@ -9,10 +9,10 @@ import math
 import numpy as np
 import pytest
 
-from offseg_vis.bench import experiment as ex
-from offseg_vis.bench.experiment.curve import budget_curve, format_curve
+from offseg_vis import experiment as ex
 from offseg_vis.cli import main
 from offseg_vis.errors import ConfigError
+from offseg_vis.experiment.curve import budget_curve, format_curve
 
 # A tiny but real budget: 3 steps of batch 2 on 32 px scenes, 8 val scenes (built in a tmp folder).
 TINY = dict(iters=3, batch_size=2, size=32, val_scenes=8, train_scenes=8)
@@ -207,7 +207,7 @@ def test_analysis_of_a_finished_pair_reads_its_checkpoints(finished_grid):
     # every labelled pixel of the 4 scenes (32 x 32) falls in exactly one category of each comparison
     labelled = sum(int((lab != 255).sum()) for lab in labels)
     assert sum(analysis.twin.values()) == labelled and sum(analysis.ablation.values()) == labelled
-    doc = ex.format_analysis([analysis], budget, "offseg bench experiment --analyse")
+    doc = ex.format_analysis([analysis], budget, "offseg experiment --analyse")
     assert "| `offset@0.5` | 0 | 4 |" in doc and "## `offset@0.5` vs `linear@0.5`, seed 0" in doc
     with pytest.raises(ConfigError, match="per-pixel"):
         ex.analyse_arm(base, budget, arms[0], 0, root / "runs", n_images=4)
@@ -217,7 +217,7 @@ def test_analysis_of_a_finished_pair_reads_its_checkpoints(finished_grid):
 
 def test_analysis_known_values_on_a_tiny_synthetic_pair():
     from offseg_vis.analysis.synthetic import make_probe
-    from offseg_vis.bench.experiment.analysis import summarise_pair
+    from offseg_vis.experiment.analysis import summarise_pair
 
     label = np.array([[0, 0, 1, 1], [2, 2, 255, 0]])
     ol_pred = np.array([[0, 0, 1, 2], [2, 0, 1, 1]])
@@ -241,7 +241,7 @@ def test_analysis_known_values_on_a_tiny_synthetic_pair():
     row = a.summary_row()
     assert row["twin_fixed"] == 2 and row["ablation_mIoU_after"] == pytest.approx(7 / 18)
     budget = ex.Budget(**TINY, warmup_iters=1, config="tiny")
-    doc = ex.format_analysis([a], budget, "offseg bench experiment --analyse")
+    doc = ex.format_analysis([a], budget, "offseg experiment --analyse")
     assert "| 2 / 1 (+1) | 57.14 / 42.86 | 35.6 → 38.9 | 2 / 2 |" in doc
     assert "ablation, offsets switched off" in doc and "vs per-pixel twin" in doc
 
@@ -357,7 +357,7 @@ def test_table_means_stds_and_paired_differences(tmp_path):
     doc = ex.format_doc(summaries, "docs/experiment/results.jsonl")
     assert doc.count("## Budget ") == 2 and "Test CPU, 2 threads" in doc and "abcdef1234" in doc
     assert (
-        "offseg bench experiment --arms offset-co@0 linear@0.5 offset@0.5 --seeds 0 1 2 3 --iters 10 "
+        "offseg experiment --arms offset-co@0 linear@0.5 offset@0.5 --seeds 0 1 2 3 --iters 10 "
         "--batch-size 2 --size 32 --val-scenes 8 --train-scenes 8"
     ) in doc
 
@@ -424,7 +424,7 @@ def test_cli_analyse_writes_the_analysis_page(finished_grid, tmp_path, capsys):
     assert "| `offset@0.5` | 0 | 2 |" in text and "`linear@0.5`" in text
     # the page names the command that regenerates it (only the offset arm is analysed)
     assert (
-        "`offseg bench experiment --arms offset@0.5 --seeds 0 --iters 3 --batch-size 2 --size 32 --val-scenes 8 "
+        "`offseg experiment --arms offset@0.5 --seeds 0 --iters 3 --batch-size 2 --size 32 --val-scenes 8 "
         "--train-scenes 8 "
         in text
         and "--analyse --analysis-images 2`" in text

@@ -1,13 +1,18 @@
-"""``offseg bench ol|speed|train|umap|experiment``: benchmarks as commands, never as timed tests."""
+"""``offseg bench ol|speed|train|umap``: benchmarks as commands, never as timed tests.
+
+``offseg bench experiment`` remains as an alias of ``offseg experiment``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 
+from offseg_vis.experiment.cli import register_experiment
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    bench = sub.add_parser("bench", help="benchmarks: Offset Learning paths, model speed, the experiment grid")
+    bench = sub.add_parser("bench", help="benchmarks: Offset Learning paths, model speed, training throughput, UMAP")
     bsub = bench.add_subparsers(dest="bench_command", required=True)
     ol = bsub.add_parser("ol", help="plain vs fused Offset Learning (time and peak memory)")
     ol.add_argument("--num-classes", type=int, default=150)
@@ -45,9 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     umap.add_argument("--json", help="also write the result to this JSON file")
     umap.set_defaults(func=_umap)
 
-    from offseg_vis.bench.experiment import register_experiment
-
-    register_experiment(bsub)
+    # the experiment is its own command now (`offseg experiment`); the old name still works
+    register_experiment(bsub, old_name="offseg bench experiment")
 
 
 def _write_json(path: str | None, result: dict) -> None:

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from offseg_vis.bench.experiment.arms import Arm
 from offseg_vis.engine.config import resolve_config
 from offseg_vis.errors import ConfigError
+from offseg_vis.experiment.arms import Arm
 
 DEFAULT_CONFIG = "configs/offseg-mbv2_fashion-scenes.yaml"
 DEFAULT_RESULTS = "docs/experiment/results.jsonl"

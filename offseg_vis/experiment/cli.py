@@ -1,20 +1,22 @@
-"""``offseg bench experiment``: the command line over the runner and the table."""
+"""``offseg experiment``: the command line over the runner and the table."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from offseg_vis.bench.experiment.analysis import (
+from offseg_vis.errors import ConfigError
+from offseg_vis.experiment.analysis import (
     DEFAULT_ANALYSIS_DOC,
     DEFAULT_ANALYSIS_IMAGES,
     analyse_arm,
     format_analysis,
 )
-from offseg_vis.bench.experiment.arms import VARIANTS, parse_arms
-from offseg_vis.bench.experiment.budget import (
+from offseg_vis.experiment.arms import VARIANTS, parse_arms
+from offseg_vis.experiment.budget import (
     DEFAULT_CONFIG,
     DEFAULT_DOC,
     DEFAULT_ITERS,
@@ -22,11 +24,10 @@ from offseg_vis.bench.experiment.budget import (
     DEFAULT_WORK_DIR,
     load_base,
 )
-from offseg_vis.bench.experiment.curve import budget_curve, format_curve, plot_curve
-from offseg_vis.bench.experiment.results import read_results
-from offseg_vis.bench.experiment.runner import run_grid, status
-from offseg_vis.bench.experiment.table import format_doc, grid_command, summarise
-from offseg_vis.errors import ConfigError
+from offseg_vis.experiment.curve import budget_curve, format_curve, plot_curve
+from offseg_vis.experiment.results import read_results
+from offseg_vis.experiment.runner import run_grid, status
+from offseg_vis.experiment.table import format_doc, grid_command, summarise
 
 
 class _ListThenOverrides(argparse.Action):
@@ -40,11 +41,22 @@ class _ListThenOverrides(argparse.Action):
         namespace.extra_overrides = [*getattr(namespace, "extra_overrides", []), *(v for v in values if "=" in v)]
 
 
-def register_experiment(bsub: argparse._SubParsersAction) -> None:
-    """Add ``experiment`` to the ``offseg bench`` sub-commands."""
-    p = bsub.add_parser(
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``offseg experiment`` to the ``offseg`` sub-commands."""
+    register_experiment(sub)
+
+
+def register_experiment(sub: argparse._SubParsersAction, old_name: str | None = None) -> None:
+    """Add ``experiment`` to a sub-command set.
+
+    Args:
+        old_name: the command line this registration stands in for (``offseg bench experiment``);
+            it then prints one line naming ``offseg experiment`` before running the same command.
+    """
+    p = sub.add_parser(
         "experiment",
-        help="offset vs per-pixel classifier on FashionScenes: run any part of the grid, or --table",
+        help="offset vs per-pixel classifier on FashionScenes: run any part of the grid, or --table"
+        + (" (now `offseg experiment`)" if old_name else ""),
         description="Train and evaluate classifier arms (variant@style) x seeds under one budget, appending a "
         "JSON line per finished run to the results file and skipping runs already there; an interrupted "
         "run resumes. --table writes the Markdown summary instead. Overrides (key=value) change the base "
@@ -96,7 +108,13 @@ def register_experiment(bsub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--analysis-doc", default=DEFAULT_ANALYSIS_DOC, help=f"where --analyse writes (default {DEFAULT_ANALYSIS_DOC})"
     )
-    p.set_defaults(func=experiment_command, extra_overrides=[])
+    func = experiment_command if old_name is None else functools.partial(_renamed, old_name)
+    p.set_defaults(func=func, extra_overrides=[])
+
+
+def _renamed(old_name: str, args: argparse.Namespace) -> int:
+    print(f"`{old_name}` is now `offseg experiment`; running that.", file=sys.stderr)
+    return experiment_command(args)
 
 
 def _seeds(values: Sequence[str]) -> list[int]:
@@ -110,7 +128,7 @@ def _seeds(values: Sequence[str]) -> list[int]:
 
 
 def experiment_command(args: argparse.Namespace) -> int:
-    """Entry point of ``offseg bench experiment``."""
+    """Entry point of ``offseg experiment``."""
     if args.table:
         from offseg_vis.models.weights import atomic_write_text
 

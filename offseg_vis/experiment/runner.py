@@ -10,9 +10,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from offseg_vis.bench.experiment.arms import Arm
-from offseg_vis.bench.experiment.budget import DEFAULT_RESULTS, DEFAULT_WORK_DIR, Budget, run_config, run_dir_for
-from offseg_vis.bench.experiment.results import append_result, done_keys, read_results, run_key
+from offseg_vis.experiment.arms import Arm
+from offseg_vis.experiment.budget import DEFAULT_RESULTS, DEFAULT_WORK_DIR, Budget, run_config, run_dir_for
+from offseg_vis.experiment.results import append_result, done_keys, read_results, run_key
 
 CLOCK_FILE = "experiment_clock.json"  # per run folder: wall time spent up to the last checkpoint
 

@@ -14,7 +14,7 @@ scenes of the arm, and reports
   classifier nobody trained) and with its offsets, and the pixels switching them on turns right or wrong.
   It says how much the predictions lean on the offsets, not what they gain over a per-pixel model.
 
-``offseg bench experiment --analyse --arms offset@0.5 offset@0.5+looks --seeds 0`` writes it to
+``offseg experiment --analyse --arms offset@0.5 offset@0.5+looks --seeds 0`` writes it to
 ``docs/experiment_analysis.md``.
 """
 
@@ -25,9 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from offseg_vis.bench.experiment.arms import Arm
-from offseg_vis.bench.experiment.budget import DEFAULT_WORK_DIR, Budget, run_config, run_dir_for
 from offseg_vis.errors import ConfigError
+from offseg_vis.experiment.arms import Arm
+from offseg_vis.experiment.budget import DEFAULT_WORK_DIR, Budget, run_config, run_dir_for
 
 DEFAULT_ANALYSIS_DOC = "docs/experiment_analysis.md"
 DEFAULT_ANALYSIS_IMAGES = 100
@@ -97,7 +97,7 @@ def _weights(work_root: str | os.PathLike, arm: Arm, seed: int, budget: Budget) 
             return path
     raise ConfigError(
         f"No weights of {arm.id} seed {seed} under this budget in {run_dir}. Run it first "
-        f"(`offseg bench experiment --arms {arm.id} --seeds {seed}` with the same budget options), or "
+        f"(`offseg experiment --arms {arm.id} --seeds {seed}` with the same budget options), or "
         "pass the --work-dir it ran in."
     )
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from offseg_vis.bench.experiment.table import BudgetSummary
+from offseg_vis.experiment.table import BudgetSummary
 
 
 @dataclass(frozen=True)

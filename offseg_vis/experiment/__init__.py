@@ -1,4 +1,4 @@
-"""``offseg bench experiment``: does Offset Learning beat per-pixel classification on FashionScenes?
+"""``offseg experiment``: does Offset Learning beat per-pixel classification on FashionScenes?
 
 The paper's claim: a per-pixel classifier fails when one class looks different from image to image,
 and learned class / feature offsets fix it. This module tests it with identical budgets:
@@ -27,17 +27,17 @@ and learned class / feature offsets fix it. This module tests it with identical 
 Modules: ``arms`` (variants, scene presets, arms, groups), ``budget`` (what runs share, one
 run's config), ``results`` (the JSON-lines file), ``runner`` (train + evaluate, resumable), ``table`` (the
 Markdown summary), ``analysis`` (the misalignment analysis of finished runs), ``cli``
-(``offseg bench experiment``).
+(``offseg experiment``).
 """
 
-from offseg_vis.bench.experiment.analysis import (
+from offseg_vis.experiment.analysis import (
     DEFAULT_ANALYSIS_DOC,
     DEFAULT_ANALYSIS_IMAGES,
     ArmAnalysis,
     analyse_arm,
     format_analysis,
 )
-from offseg_vis.bench.experiment.arms import (
+from offseg_vis.experiment.arms import (
     ABLATION_ARMS,
     ABLATION_STYLE,
     ALL_ARMS,
@@ -53,7 +53,7 @@ from offseg_vis.bench.experiment.arms import (
     format_style,
     parse_arms,
 )
-from offseg_vis.bench.experiment.budget import (
+from offseg_vis.experiment.budget import (
     DEFAULT_CONFIG,
     DEFAULT_DOC,
     DEFAULT_ITERS,
@@ -70,24 +70,24 @@ from offseg_vis.bench.experiment.budget import (
     run_config,
     run_dir_for,
 )
-from offseg_vis.bench.experiment.cli import (
+from offseg_vis.experiment.cli import (
     experiment_command,
     register_experiment,
 )
-from offseg_vis.bench.experiment.results import (
+from offseg_vis.experiment.results import (
     append_result,
     done_keys,
     read_results,
     run_key,
 )
-from offseg_vis.bench.experiment.runner import (
+from offseg_vis.experiment.runner import (
     CLOCK_FILE,
     plan,
     run_grid,
     run_one,
     status,
 )
-from offseg_vis.bench.experiment.table import (
+from offseg_vis.experiment.table import (
     ArmSummary,
     BudgetSummary,
     format_doc,

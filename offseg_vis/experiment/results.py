@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from offseg_vis.bench.experiment.budget import Budget
+from offseg_vis.experiment.budget import Budget
 
 
 def run_key(
