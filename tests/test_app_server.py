@@ -2,6 +2,7 @@
 
 Upload a gallery scene -> the annotated image has the input's size and only known class names; a bad file
 -> an error sentence, and the next good request still succeeds; an upload over the size limit is refused.
+The ``pixel`` endpoint answers for the session's last segmentation with the class and top-5 computed here.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def test_bound_to_loopback_with_one_public_endpoint(served):
     app, client, _ = served
     assert app.url.startswith("http://127.0.0.1:")
     api = client.view_api(print_info=False, return_format="dict")
-    assert set(api["named_endpoints"]) == {"/segment"}
+    assert set(api["named_endpoints"]) == {"/segment", "/pixel"}
     assert app.demo.max_file_size == int(MAX_FILE_MB * 1024 * 1024)
 
 
@@ -118,3 +119,37 @@ def test_upload_over_the_limit_is_refused(served, tmp_path):
     assert reply.status_code == 413
     annotated, _ = _segment(client, example_images()[0])  # still serving
     assert annotated["annotations"]
+
+
+def test_pixel_endpoint_after_segment_in_the_same_session(served):
+    from offseg_vis.analysis.explore import pixel_to_cell
+    from offseg_vis.analysis.probe import probe
+
+    app, _, ctx = served
+    client = gradio_client.Client(app.url, verbose=False, analytics_enabled=False)  # a fresh session
+    with pytest.raises(gradio_client.exceptions.AppError, match="Segment an image first"):
+        client.predict(10, 10, api_name="/pixel")
+    path = example_images()[0]
+    _segment(client, path)
+    image = np.asarray(Image.open(path).convert("RGB"))
+    offset = ctx.registry.get(None)
+    twin, _ = ctx.registry.twin_for(offset)
+    ol = probe(offset.model, [image])[0]
+    lin = probe(twin.model, [image])[0]
+    names = offset.class_names
+    x, y = 70, 41
+    r, c = (int(v) for v in pixel_to_cell(x, y, ol.feature_size, ol.padded_size))
+    answer = client.predict(x, y, api_name="/pixel")
+    assert (answer["x"], answer["y"], answer["cell"]) == (x, y, [r, c])
+    assert answer["offset_learning"]["predicted"] == names[ol.prediction[y, x]]
+    assert answer["per_pixel_twin"]["predicted"] == names[lin.prediction[y, x]]
+    for key, p in (("offset_learning", ol), ("per_pixel_twin", lin)):
+        logits = p.logits[:, r, c].astype(np.float64)
+        best = np.argsort(-logits, kind="stable")[:5]
+        top5 = answer[key]["top5"]
+        assert [t["class"] for t in top5] == [names[k] for k in best]
+        # rounded to 4 decimals in the answer; the model runs in float32 in both places
+        np.testing.assert_allclose([t["score"] for t in top5], logits[best], atol=6e-5)
+    with pytest.raises(gradio_client.exceptions.AppError, match="outside the image"):
+        client.predict(image.shape[1], 0, api_name="/pixel")
+    assert client.predict(0, 0, api_name="/pixel")["x"] == 0  # still serving this session

@@ -20,17 +20,19 @@ import numpy as np
 from offseg_vis.analysis import offsets
 from offseg_vis.analysis.compare import TwinComparison, compare_to_baseline
 from offseg_vis.analysis.corrections import correction_map
-from offseg_vis.analysis.embedding import embed_pixels
 from offseg_vis.analysis.probe import ImageProbe, probe
-from offseg_vis.app import render
+from offseg_vis.app import pixels, render
 from offseg_vis.app.embedding_budget import EmbeddingSettings, UmapTimer
 from offseg_vis.app.examples import EXAMPLES_DIR, ExampleMasks
 from offseg_vis.app.inputs import InputLimits, load_image
 from offseg_vis.app.models import AppModel, ModelRegistry
+from offseg_vis.app.pixels import ImageMap
 from offseg_vis.errors import InputError
 
 EMBEDDING_METHODS = ("auto", "umap", "pca")
+ALL_CLASSES = "(all classes)"
 SEGMENT_OUTPUTS = frozenset({"prediction"})  # the segmentation panel shows the prediction only
+TWIN_OUTPUTS = frozenset({"prediction", "logits"})  # the comparison and the pixel panel's twin scores
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,11 @@ class Analysis:
         notices: sentences about the input (downscaled, alpha removed, ...).
         seconds: wall time of decoding + the model run.
         status: Markdown sentences for the user (timing, ground truth known, notices).
+        original_size: (H0, W0) of the uploaded file (clicks on the input image are scaled from it).
+        twin_probe: the twin's probe of the same image (prediction and logits), once computed.
+        image_map: the image's joint 2-D map, fitted once (see :mod:`offseg_vis.app.pixels`).
+        map_request: the method the map was asked for ("auto", "umap", "pca").
+        pixel: the last clicked (x, y); chosen: the class chosen for highlighting, or None.
     """
 
     model_label: str
@@ -84,6 +91,12 @@ class Analysis:
     notices: list[str]
     seconds: float
     status: str = ""
+    original_size: tuple[int, int] | None = None
+    twin_probe: ImageProbe | None = None
+    image_map: ImageMap | None = None
+    map_request: str | None = None
+    pixel: tuple[int, int] | None = None
+    chosen: int | None = None
 
     def __repr__(self) -> str:  # keep logs and API errors short: no arrays
         return f"Analysis({self.model_label!r}, image {self.probe.input_size}, {self.seconds:.2f} s)"
@@ -136,7 +149,7 @@ def segment(ctx: AppContext, image_path: str | Path | None, model_label: str | N
     with entry.lock:
         p = probe(entry.model, [loaded.image], None if label is None else [label], need=SEGMENT_OUTPUTS)[0]
     seconds = time.perf_counter() - start
-    analysis = Analysis(entry.label, p, list(loaded.notices), seconds)
+    analysis = Analysis(entry.label, p, list(loaded.notices), seconds, original_size=tuple(loaded.original_size))
     h, w = loaded.image.shape[:2]
     lines = [f"Segmented a {w}×{h} image with {entry.model_name} ({entry.classifier}) in {seconds:.2f} s."]
     if label is not None:
@@ -280,6 +293,22 @@ def attention_panel(ctx: AppContext, analysis: Analysis | None, class_name: str 
     return image, text
 
 
+def twin_probe(ctx: AppContext, analysis: Analysis) -> tuple[AppModel | None, ImageProbe | None]:
+    """The twin model and its probe of the analysis's image (prediction and logits; computed once and kept),
+    or (None, None) when no twin is loaded."""
+    entry = ctx.registry.get(analysis.model_label)
+    twin, _ = ctx.registry.twin_for(entry)
+    if twin is None:
+        return None, None
+    if analysis.twin_probe is None:
+        p = analysis.probe
+        with twin.lock:
+            analysis.twin_probe = probe(
+                twin.model, [p.image], None if p.label is None else [p.label], need=TWIN_OUTPUTS
+            )[0]
+    return twin, analysis.twin_probe
+
+
 @dataclass
 class ComparePanels:
     """Output of :func:`compare`: Offset Learning vs its per-pixel twin on the uploaded image.
@@ -309,8 +338,7 @@ def compare(ctx: AppContext, analysis: Analysis | None) -> ComparePanels:
         return ComparePanels(None, None, None, how)
     p = analysis.probe
     start = time.perf_counter()
-    with twin.lock:
-        other = probe(twin.model, [p.image], None if p.label is None else [p.label], need=SEGMENT_OUTPUTS)[0]
+    other = twin_probe(ctx, analysis)[1]
     seconds = time.perf_counter() - start
     (ol, ol_entry), (lin, lin_entry) = ((p, entry), (other, twin)) if entry.is_offset else ((other, twin), (p, entry))
     differ = ol.prediction != lin.prediction
@@ -343,42 +371,235 @@ def compare(ctx: AppContext, analysis: Analysis | None) -> ComparePanels:
     )
 
 
-def embedding_panel(ctx: AppContext, analysis: Analysis | None, method: str = "auto") -> tuple[np.ndarray, str]:
-    """This image's pixel features before (E) and after (E') the offsets in one 2-D map, with W and W'.
+# ----------------------------------------------------------------------------------------------------
+# the linked pixel <-> embedding view
 
-    ``method`` is "auto" (UMAP when it fits the time budget, else PCA), "umap" or "pca".
-    Returns (the figure as (H, W, 3) uint8, a sentence on the method and its timing).
+
+def image_map(ctx: AppContext, analysis: Analysis, method: str = "auto") -> ImageMap:
+    """The analysis's joint 2-D map of E and E′: fitted on the first call (or when another ``method`` is
+    asked for) and kept; clicks and class choices only read it.
+
+    Raises:
+        InputError: unknown method, or a map that cannot be fitted.
     """
-    from offseg_vis.analysis.plots import figure_to_array, plot_joint_embedding
-
-    analysis = _need(analysis)
     if method not in EMBEDDING_METHODS:
         raise InputError(f"Unknown embedding method {method!r}; choose one of {', '.join(EMBEDDING_METHODS)}.")
-    entry = ctx.registry.get(analysis.model_label)
+    if analysis.image_map is not None and analysis.map_request == method:
+        return analysis.image_map
     settings = ctx.settings.embedding
-    start = time.perf_counter()
+    p = full_probe(ctx, analysis)
     chosen, why = ctx.umap.choose(method, settings.umap_points)
-    points = settings.umap_points if chosen == "umap" else settings.pca_points
+    budget = settings.umap_points if chosen == "umap" else settings.pca_points
     try:
-        emb = embed_pixels(
-            [full_probe(ctx, analysis)],
-            max_points=points,
-            seed=0,
-            method=chosen,
-            n_epochs=settings.n_epochs,
-            n_arrows=settings.n_arrows,
-        )
+        fitted = pixels.fit_image_map(p, chosen, budget, why, n_epochs=settings.n_epochs)
     except InputError as err:
         raise InputError(f"The embedding could not be computed for this image: {err}") from None
     if chosen == "umap":
-        ctx.umap.record(int(emb.params["points"]), emb.fit_seconds)
-    fig = plot_joint_embedding(emb, entry.class_names, entry.palette, point_size=5.0)
-    picture = figure_to_array(fig)
-    total = time.perf_counter() - start
-    source = "ground-truth" if analysis.has_label else "predicted"
+        ctx.umap.record(int(fitted.embedding.params["points"]), fitted.seconds)
+    analysis.image_map, analysis.map_request = fitted, method
+    return fitted
+
+
+@dataclass
+class MapPanel:
+    """The two maps (E before, E′ after the offsets; ``after`` None for a per-pixel model) as frames for
+    ``gr.ScatterPlot`` with shared limits, the class choices and a sentence."""
+
+    before: object
+    after: object | None
+    x_lim: list[float]
+    y_lim: list[float]
+    classes: list[str]
+    text: str
+
+
+def _map_panel(ctx: AppContext, analysis: Analysis, report: pixels.PixelReport | None) -> MapPanel:
+    entry = ctx.registry.get(analysis.model_label)
+    m = image_map(ctx, analysis, analysis.map_request or "auto")
+    names = entry.class_names
+    before = pixels.map_frame(m, "E", names, report, analysis.chosen)
+    after = pixels.map_frame(m, "E'", names, report, analysis.chosen) if m.embedding.after is not None else None
+    x_lim, y_lim = pixels.map_limits(m)
+    every = "every feature cell" if m.stride == 1 else f"every {m.stride}th row and column of feature cells"
     text = (
-        f"{why} {emb.params['points']:,} points (pixels coloured by {source} class) fitted in "
-        f"{emb.fit_seconds:.2f} s; panel ready in {total:.2f} s. Stars: class embeddings W; diamonds: W' for "
-        "this image (both centred over the classes: the part shared by every class cannot change a prediction)."
+        f"{m.why} {len(m):,} pixels ({every}) of this image, E and E′ in one map, fitted once in "
+        f"{m.seconds:.2f} s. Hover a point for its class, pixel and whether it is right; drag across a map "
+        "to zoom, double-click to zoom out. Black: W (left) and W′ (right), centred over the classes (the part "
+        "shared by every class cannot change a prediction). Click a pixel in an image to follow it here."
     )
-    return picture, text
+    present = [names[c] for c in _present_classes(analysis.probe)]
+    return MapPanel(before, after, x_lim, y_lim, present, text)
+
+
+def map_panel(ctx: AppContext, analysis: Analysis | None, method: str = "auto") -> PixelPanel:
+    """Open the exploration panel: fit the image's map (once; a change of ``method`` refits, clicks never
+    do) and draw it with the clickable segmentation (and the current pixel and class, if any)."""
+    analysis = _need(analysis)
+    image_map(ctx, analysis, method)
+    return _pixel_panel(ctx, analysis)
+
+
+@dataclass
+class PixelPanel:
+    """What a click (or a class choice) updates: the maps, the clickable segmentation with the marks
+    (``picture`` (f*H, f*W, 3) uint8), the score and attention charts, the facts as a dict (the ``pixel``
+    endpoint's answer) and a Markdown sentence. ``report`` is None when no pixel was clicked yet."""
+
+    maps: MapPanel
+    picture: np.ndarray
+    scores: object | None
+    attention: object | None
+    info: dict | None
+    text: str
+    report: pixels.PixelReport | None = None
+
+
+def _names(entry: AppModel) -> tuple[str, str]:
+    return ("Offset Learning", "per-pixel twin") if entry.is_offset else ("per-pixel (linear)", "Offset Learning twin")
+
+
+def _report(ctx: AppContext, analysis: Analysis, x, y, with_map: bool) -> pixels.PixelReport:
+    p = full_probe(ctx, analysis)
+    xi, yi = pixels.check_click(p, x, y)
+    m = image_map(ctx, analysis, analysis.map_request or "auto") if with_map else None
+    _, other = twin_probe(ctx, analysis)
+    return pixels.pixel_report(p, m, xi, yi, other, _names(ctx.registry.get(analysis.model_label)))
+
+
+def _top(s: pixels.Scores, names: list[str]) -> list[dict]:
+    return [
+        {"class": names[c], "score": round(float(s.scores[c]), 4), "probability": round(float(s.probabilities[c]), 4)}
+        for c in s.top(pixels.TOP_K)
+    ]
+
+
+def pixel_info(ctx: AppContext, analysis: Analysis | None, x, y, report: pixels.PixelReport | None = None) -> dict:
+    """The ``pixel`` endpoint: the pixel's predicted class from the Offset Learning model and from its twin
+    and each one's top-5 classes with their scores (logits of the pixel's feature cell) and softmax
+    probabilities, the ablation's (offsets switched off) and the ground truth when known.
+
+    Raises:
+        InputError: no segmentation yet, or (x, y) outside the image.
+    """
+    if analysis is None:
+        raise InputError("Segment an image first; then click one of its pixels (or send its x and y).")
+    entry = ctx.registry.get(analysis.model_label)
+    twin, _ = ctx.registry.twin_for(entry)
+    r = report or _report(ctx, analysis, x, y, with_map=False)
+    names = entry.class_names
+
+    def model(s: pixels.Scores | None, who: AppModel | None) -> dict | None:
+        if s is None:
+            return None
+        return {"model": who.label, "predicted": names[s.predicted], "top5": _top(s, names)}
+
+    mine, theirs = model(r.scores, entry), model(r.twin, twin)
+    ol, per_pixel = (mine, theirs) if entry.is_offset else (theirs, mine)
+    ablation = (
+        None if r.ablation is None else {"predicted": names[r.ablation.predicted], "top5": _top(r.ablation, names)}
+    )
+    truth = None if r.label is None or not 0 <= r.label < len(names) else names[r.label]
+    return {
+        "x": r.x,
+        "y": r.y,
+        "cell": [r.row, r.col],
+        "ground_truth": truth,
+        "offset_learning": ol,
+        "per_pixel_twin": per_pixel,
+        "before_offsets_ablation": ablation,
+    }
+
+
+def _pixel_text(info: dict, report: pixels.PixelReport) -> str:
+    ol, twin = info["offset_learning"], info["per_pixel_twin"]
+    parts = [f"**Pixel (x={info['x']}, y={info['y']})**"]
+    if info["ground_truth"]:
+        parts.append(f"ground truth **{info['ground_truth']}**")
+    if ol:
+        parts.append(f"Offset Learning predicts **{ol['predicted']}**")
+    if twin:
+        parts.append(f"the per-pixel twin **{twin['predicted']}**")
+    if info["before_offsets_ablation"]:
+        parts.append(f"with the offsets switched off (ablation) **{info['before_offsets_ablation']['predicted']}**")
+    text = "; ".join(parts) + "."
+    if "E'" in report.neighbours:
+        shared = np.intersect1d(report.neighbours["E"].flat, report.neighbours["E'"].flat).size
+        k = report.neighbours["E"].flat.size
+        text += (
+            f" Its {k} nearest pixels by cosine (cyan: in E, orange: in E′, searched separately) share {shared}; "
+            "magenta: the pixel, with its arrow from E to E′ in the maps."
+        )
+    return text
+
+
+def _picture(ctx: AppContext, analysis: Analysis, report: pixels.PixelReport | None) -> np.ndarray:
+    entry = ctx.registry.get(analysis.model_label)
+    p, m = analysis.probe, analysis.image_map
+    marks = {}
+    if report is not None and m is not None:
+        for space, found in report.neighbours.items():
+            marks[space] = (m.x[found.flat], m.y[found.flat])
+    cell = max(1, p.padded_size[0] // p.feature_size[0])
+    clicked = None if report is None else (report.x, report.y)
+    return render.pixel_picture(p.image, p.prediction, entry.palette, clicked, marks, analysis.chosen, cell)
+
+
+def _pixel_panel(ctx: AppContext, analysis: Analysis) -> PixelPanel:
+    report = info = scores = attention = None
+    text = "Click a pixel of the image or of the segmentation to see its scores and its nearest pixels."
+    if analysis.pixel is not None:
+        names = ctx.registry.get(analysis.model_label).class_names
+        report = _report(ctx, analysis, *analysis.pixel, with_map=True)
+        info = pixel_info(ctx, analysis, *analysis.pixel, report=report)
+        scores, attention = pixels.score_frame(report, names), pixels.attention_frame(report, names)
+        text = _pixel_text(info, report)
+    return PixelPanel(
+        _map_panel(ctx, analysis, report), _picture(ctx, analysis, report), scores, attention, info, text, report
+    )
+
+
+def pixel_panel(ctx: AppContext, analysis: Analysis | None, x, y) -> PixelPanel:
+    """A click at image pixel (x, y): mark it, its E → E′ and its neighbours in the maps and on the image,
+    and chart its scores. Uses the map fitted for this image (fitting it first if the panel was never
+    opened); never refits.
+
+    Raises:
+        InputError: no segmentation yet, or (x, y) outside the image.
+    """
+    if analysis is None:
+        raise InputError("Segment an image first; then click one of its pixels.")
+    analysis.pixel = pixels.check_click(full_probe(ctx, analysis), x, y)
+    return _pixel_panel(ctx, analysis)
+
+
+def class_panel(ctx: AppContext, analysis: Analysis | None, class_name: str | None) -> PixelPanel:
+    """Highlight one class (None or "" = all) in both maps and on the image, with its W_k and W′_k."""
+    analysis = _need(analysis)
+    names = ctx.registry.get(analysis.model_label).class_names
+    if class_name in (None, "", ALL_CLASSES):
+        analysis.chosen = None
+    elif class_name in names:
+        analysis.chosen = names.index(class_name)
+    else:
+        raise InputError(f"Unknown class {class_name!r}; pick one of the classes in the list.")
+    return _pixel_panel(ctx, analysis)
+
+
+def display_to_image(analysis: Analysis | None, index, source: str) -> tuple[int, int]:
+    """A click's (x, y) on a displayed picture -> image pixel (x, y).
+
+    ``source`` is "input" (the uploaded file as the browser shows it: scaled by image size / file size) or
+    "picture" (the clickable segmentation, enlarged by an integer factor, see ``render.enlarge``).
+    """
+    if analysis is None:
+        raise InputError("Segment an image first; then click one of its pixels.")
+    try:
+        u, v = (float(t) for t in index)
+    except (TypeError, ValueError):
+        raise InputError("The click did not say where it landed; click inside the image.") from None
+    h, w = analysis.probe.input_size
+    if source == "input":
+        h0, w0 = analysis.original_size or (h, w)
+        return int(u * w / w0), int(v * h / h0)
+    factor = render.enlarge(np.zeros((h, w, 1), np.uint8)).shape[0] // h
+    return int(u // factor), int(v // factor)

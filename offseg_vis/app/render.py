@@ -163,3 +163,49 @@ def twin_overlay(image: np.ndarray, codes: np.ndarray, alpha: float = 0.75) -> n
         sel = codes == code
         out[sel] = (1 - alpha) * out[sel] + alpha * np.asarray(rgb, dtype=np.float32)
     return enlarge(np.clip(out, 0, 255).astype(np.uint8))
+
+
+NEIGHBOUR_RGB = {"E": (0, 180, 230), "E'": (255, 140, 0)}
+CLICKED_RGB = (230, 0, 126)
+
+
+def _square(mask: np.ndarray, ys: np.ndarray, xs: np.ndarray, size: int) -> None:
+    """Set a size x size square (starting half a square before each (y, x)) in ``mask``, clipped."""
+    lo = size // 2
+    for y, x in zip(np.asarray(ys).reshape(-1), np.asarray(xs).reshape(-1)):
+        mask[max(0, int(y) - lo) : int(y) - lo + size, max(0, int(x) - lo) : int(x) - lo + size] = True
+
+
+def pixel_picture(
+    image: np.ndarray,
+    prediction: np.ndarray,
+    palette: np.ndarray,
+    clicked: tuple[int, int] | None = None,
+    neighbours: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    chosen: int | None = None,
+    cell: int = 4,
+) -> np.ndarray:
+    """The clickable segmentation: class colours over the image; with a ``chosen`` class the other pixels
+    are gray; each neighbour (x (k,), y (k,)) as a ``cell``-sized square (E cyan, E′ orange; pixels
+    that are neighbours in both spaces show E′ on top) and the clicked (x, y) as a magenta ring.
+
+    Returns (f*H, f*W, 3) uint8 (f: see :func:`enlarge`; a click at display pixel (u, v) is image pixel
+    (u // f, v // f)).
+    """
+    out = overlay(image, prediction, palette, 0.55).astype(np.float32)
+    if chosen is not None:
+        other = prediction != chosen
+        out[other] = _gray(image)[other] * 0.6 + 60
+    for space, (xs, ys) in (neighbours or {}).items():
+        mark = np.zeros(prediction.shape, dtype=bool)
+        _square(mark, ys, xs, cell)
+        out[mark] = NEIGHBOUR_RGB[space]
+    if clicked is not None:
+        ring = np.zeros(prediction.shape, dtype=bool)
+        inner = np.zeros_like(ring)
+        x, y = clicked
+        _square(ring, [y], [x], cell + 4)
+        _square(inner, [y], [x], cell)
+        ring &= ~inner
+        out[ring] = CLICKED_RGB
+    return enlarge(np.clip(out, 0, 255).astype(np.uint8))

@@ -7,7 +7,16 @@ Event chain of one click on "Segment" (each step only runs when the previous one
                                      image: fixed / broken / both wrong / both right against the ground truth
     offsets                          the intermediates (once), the ablation "offsets switched off",
                                      ‖ΔE‖/‖E‖, ‖ΔW‖/‖W‖, class attention
-    embedding                        joint 2-D map of E / E' with class-centred W / W' (UMAP or PCA within 5 s)
+    explore                          joint 2-D map of E / E' with class-centred W / W' (UMAP or PCA within 5 s),
+                                     fitted once per image, and the clickable segmentation
+
+A click on the input image or on the clickable segmentation marks that pixel's E -> E' and its 20 nearest
+pixels (cosine, in E and E' separately) in both maps and on the image, and charts its class scores; the same
+facts come from the ``pixel`` endpoint (x, y after a ``segment`` call of the same session). Choosing a class
+highlights it and marks W_k and W'_k.
+
+The page is built in named steps, one per section (each returns a dataclass of its components), and each
+event handler returns a dict {component: value}, so no handler depends on the order of its outputs.
 
 Steps that run a network share the concurrency group "model" with one slot, and each model also holds
 its own lock, so a model never runs two images at once; the queue is bounded. Errors meant for users
@@ -17,13 +26,15 @@ generic sentence, and the server keeps serving.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
+from dataclasses import dataclass
 
 import gradio as gr
 
 from offseg_vis.app import callbacks
-from offseg_vis.app.callbacks import EMBEDDING_METHODS, AppContext
+from offseg_vis.app.callbacks import ALL_CLASSES, EMBEDDING_METHODS, AppContext, PixelPanel
 from offseg_vis.app.examples import example_images
 from offseg_vis.app.render import hex_color
 from offseg_vis.errors import OffSegError
@@ -76,7 +87,7 @@ def _user_errors(fn):
         except OffSegError as err:
             raise gr.Error(str(err), print_exception=False) from None
         except Exception:
-            log.exception("unexpected error in %s", fn.__name__)
+            log.exception("unexpected error in %s", getattr(fn, "__name__", repr(fn)))
             raise gr.Error(
                 "Something unexpected went wrong while processing this image (details are in the server "
                 "log); please try another image.",
@@ -95,235 +106,492 @@ def _color_map(ctx: AppContext) -> dict[str, str]:
     return colours
 
 
-def build_app(ctx: AppContext) -> gr.Blocks:
-    """The gr.Blocks page for the models in ``ctx`` (launch it with :func:`launch`)."""
-    colour_map = _color_map(ctx)
-    examples = [[str(p)] for p in example_images(ctx.settings.examples_dir)]
-    default = ctx.registry.get(None)
+def _components(section) -> list:
+    """A section's components, in field order (the outputs of an event that updates the whole section)."""
+    return [getattr(section, f.name) for f in dataclasses.fields(section)]
 
-    # ------------------------------------------------------------------ the functions behind the events
+
+# ---------------------------------------------------------------------------------------------- sections
+
+
+@dataclass
+class TopSection:
+    """Model choice, upload, Segment button, gallery; the segmentation and its class shares."""
+
+    model: gr.Dropdown
+    card: gr.Markdown
+    image: gr.Image
+    button: gr.Button
+    status: gr.Markdown
+    annotated: gr.AnnotatedImage
+    shares: gr.Dataframe
+
+
+def _upload_column(ctx: AppContext):
+    examples = [[str(p)] for p in example_images(ctx.settings.examples_dir)]
+    image = hand_over_upload_path(
+        gr.Image(
+            type="filepath",
+            image_mode=None,
+            sources=["upload", "clipboard"],
+            label="Image (click a pixel after segmenting)",
+            elem_id="input-image",
+            height=320,
+        )
+    )
+    button = gr.Button("Segment", variant="primary", elem_id="segment-button")
+    status = gr.Markdown(elem_id="status")
+    if examples:
+        gr.Examples(
+            examples,
+            inputs=[image],
+            label="Gallery: FashionScenes val scenes (ground truth known)",
+            examples_per_page=len(examples),
+            cache_examples=False,
+        )
+    return image, button, status
+
+
+def top_section(ctx: AppContext, colour_map: dict[str, str]) -> TopSection:
+    """The first rows of the page."""
+    default = ctx.registry.get(None)
+    with gr.Row():
+        model = gr.Dropdown(ctx.registry.labels, value=default.label, label="Model", scale=1)
+        card = gr.Markdown(default.card_markdown(), elem_id="model-card")
+    with gr.Row():
+        with gr.Column(scale=2):
+            image, button, status = _upload_column(ctx)
+        with gr.Column(scale=3):
+            annotated = gr.AnnotatedImage(
+                label="Segmentation",
+                color_map=colour_map,
+                show_legend=True,
+                format="png",
+                elem_id="segmentation",
+                height=420,
+            )
+            shares = gr.Dataframe(
+                headers=["class", "share (%)", "pixels"],
+                datatype=["str", "number", "number"],
+                label="Share of pixels per class",
+                interactive=False,
+                elem_id="shares",
+            )
+    return TopSection(model, card, image, button, status, annotated, shares)
+
+
+@dataclass
+class CompareSection:
+    """Offset Learning against its per-pixel twin."""
+
+    offset: gr.Image
+    baseline: gr.Image
+    outcome: gr.Image
+    disagreement: gr.Image
+    text: gr.Markdown
+
+
+def compare_section() -> CompareSection:
+    gr.Markdown("## What Offset Learning changed: against its per-pixel twin")
+    with gr.Row():
+        offset = gr.Image(label="Offset Learning", format="webp", interactive=False)
+        baseline = gr.Image(label="Per-pixel twin", format="webp", interactive=False)
+    with gr.Row():
+        outcome = gr.Image(
+            label="Fixed (green) / broken (red) / both wrong (orange) against the ground truth",
+            format="webp",
+            interactive=False,
+            elem_id="twin-comparison",
+        )
+        disagreement = gr.Image(label="Where they disagree", format="webp", interactive=False, elem_id="disagreement")
+    return CompareSection(offset, baseline, outcome, disagreement, gr.Markdown())
+
+
+@dataclass
+class OffsetSection:
+    """Inside Offset Learning: the ablation, offset magnitudes and class attention."""
+
+    correction: gr.Image
+    correction_text: gr.Markdown
+    magnitude: gr.Image
+    magnitude_text: gr.Markdown
+    class_bars: gr.BarPlot
+    attention_class: gr.Dropdown
+    attention: gr.Image
+    attention_text: gr.Markdown
+
+
+def offset_section(colour_map: dict[str, str]) -> OffsetSection:
+    gr.Markdown("## Inside Offset Learning")
+    with gr.Row():
+        with gr.Column():
+            correction = gr.Image(
+                label="Ablation: offsets switched off (ΔW = ΔE = 0 → with offsets)",
+                format="webp",
+                interactive=False,
+                elem_id="correction",
+            )
+            correction_text = gr.Markdown()
+        with gr.Column():
+            magnitude = gr.Image(
+                label="Feature offset magnitude ‖ΔE‖/‖E‖", format="webp", interactive=False, elem_id="feature-offset"
+            )
+            magnitude_text = gr.Markdown()
+    with gr.Row():
+        with gr.Column():
+            class_bars = gr.BarPlot(
+                x="class",
+                y="|dW| / |W|",
+                color="class",
+                color_map=colour_map,
+                sort="-y",
+                y_lim=[0, None],
+                label="Class offset magnitude ‖ΔW‖/‖W‖ of the classes present",
+                elem_id="class-offsets",
+            )
+        with gr.Column():
+            attention_class = gr.Dropdown([], label="Class attention of", elem_id="attention-class")
+            attention = gr.Image(
+                label="Class attention (softmax over pixels of E·Wᵀ)",
+                format="webp",
+                interactive=False,
+                elem_id="attention",
+            )
+            attention_text = gr.Markdown()
+    return OffsetSection(
+        correction, correction_text, magnitude, magnitude_text, class_bars, attention_class, attention, attention_text
+    )
+
+
+@dataclass
+class ExploreSection:
+    """The linked pixel <-> embedding view."""
+
+    method: gr.Radio
+    class_choice: gr.Dropdown
+    before: gr.ScatterPlot
+    after: gr.ScatterPlot
+    map_text: gr.Markdown
+    picture: gr.Image
+    x: gr.Number
+    y: gr.Number
+    show: gr.Button
+    pixel_text: gr.Markdown
+    scores: gr.ScatterPlot
+    position_attention: gr.BarPlot
+    info: gr.JSON
+
+
+MAP_TOOLTIP = ["kind", "class", "predicted", "pixel", "correct"]
+
+
+def _map_plot(title: str, colours: dict[str, str], elem_id: str) -> gr.ScatterPlot:
+    return gr.ScatterPlot(
+        x="u",
+        y="v",
+        color="kind",
+        color_map=colours,
+        tooltip=MAP_TOOLTIP,
+        title=title,
+        x_title="map 1",
+        y_title="map 2",
+        height=420,
+        show_label=False,
+        elem_id=elem_id,
+    )
+
+
+def _pixel_column():
+    picture = gr.Image(
+        label="Click a pixel (segmentation; cyan / orange: its nearest pixels in E / E′)",
+        format="png",
+        interactive=False,
+        elem_id="pixel-picture",
+        height=384,
+    )
+    with gr.Row():
+        x = gr.Number(label="x", precision=0, minimum=0, elem_id="pixel-x")
+        y = gr.Number(label="y", precision=0, minimum=0, elem_id="pixel-y")
+        show = gr.Button("Show pixel", elem_id="pixel-button")
+    return picture, x, y, show
+
+
+def explore_section(ctx: AppContext) -> ExploreSection:
+    gr.Markdown("## Pixel features and class embeddings, before and after the offsets")
+    colours = _map_colours(ctx)
+    with gr.Row():
+        method = gr.Radio(list(EMBEDDING_METHODS), value="auto", label="Map", elem_id="embedding-method")
+        class_choice = gr.Dropdown([ALL_CLASSES], value=ALL_CLASSES, label="Highlight a class", elem_id="class-choice")
+    with gr.Row():
+        before = _map_plot("E: pixel features before the offsets, W", colours, "map-before")
+        after = _map_plot("E′: after the offsets, W′", colours, "map-after")
+    map_text = gr.Markdown(elem_id="map-text")
+    with gr.Row():
+        with gr.Column(scale=2):
+            picture, x, y, show = _pixel_column()
+        with gr.Column(scale=3):
+            pixel_text = gr.Markdown(elem_id="pixel-text")
+            scores = gr.ScatterPlot(
+                x="class",
+                y="score",
+                color="series",
+                tooltip=["class", "score", "series"],
+                title="Class scores of the pixel's feature cell",
+                height=260,
+                show_label=False,
+                elem_id="pixel-scores",
+            )
+            position_attention = gr.BarPlot(
+                x="class",
+                y="attention",
+                sort="-y",
+                y_lim=[0, 1],
+                title="Position attention: softmax over classes of E·Wᵀ",
+                height=220,
+                show_label=False,
+                elem_id="pixel-attention",
+            )
+            info = gr.JSON(label="pixel endpoint answer", elem_id="pixel-info")
+    return ExploreSection(
+        method, class_choice, before, after, map_text, picture, x, y, show, pixel_text, scores, position_attention, info
+    )
+
+
+def _map_colours(ctx: AppContext) -> dict[str, str]:
+    entry = ctx.registry.get(None)
+    colours = _color_map(ctx)
+    colours.update(callbacks.pixels.map_colours(entry.class_names, entry.palette))
+    return colours
+
+
+# ---------------------------------------------------------------------------------------------- handlers
+
+
+def _offsets_update(ctx: AppContext, sec: OffsetSection, analysis) -> dict:
+    panels = callbacks.offset_panels(ctx, analysis)
+    if panels.correction is None:
+        return {
+            sec.correction: None,
+            sec.correction_text: panels.correction_text,
+            sec.magnitude: None,
+            sec.magnitude_text: panels.magnitude_text,
+            sec.class_bars: None,
+            sec.attention_class: gr.Dropdown(choices=[], value=None),
+            sec.attention: None,
+            sec.attention_text: panels.note,
+        }
+    att_image, att_text = callbacks.attention_panel(ctx, analysis, panels.attention_default)
+    return {
+        sec.correction: panels.correction,
+        sec.correction_text: panels.correction_text,
+        sec.magnitude: panels.magnitude,
+        sec.magnitude_text: panels.magnitude_text,
+        sec.class_bars: _bar_frame(panels.class_offsets),
+        sec.attention_class: gr.Dropdown(choices=panels.attention_classes, value=panels.attention_default),
+        sec.attention: att_image,
+        sec.attention_text: att_text,
+    }
+
+
+def _compare_update(ctx: AppContext, sec: CompareSection, analysis) -> dict:
+    panels = callbacks.compare(ctx, analysis)
+    return {
+        sec.offset: panels.offset_overlay,
+        sec.baseline: panels.baseline_overlay,
+        sec.outcome: panels.outcome,
+        sec.disagreement: panels.disagreement,
+        sec.text: panels.text,
+    }
+
+
+def _explore_update(sec: ExploreSection, panel: PixelPanel, with_classes: bool = False) -> dict:
+    """Component values of one :class:`PixelPanel` (the maps with their shared limits, the picture, charts)."""
+    maps = panel.maps
+    hidden_after = maps.after is None
+    out = {
+        sec.before: gr.ScatterPlot(value=maps.before, x_lim=maps.x_lim, y_lim=maps.y_lim),
+        sec.after: gr.ScatterPlot(value=maps.after, x_lim=maps.x_lim, y_lim=maps.y_lim, visible=not hidden_after),
+        sec.map_text: maps.text,
+        sec.picture: panel.picture,
+        sec.pixel_text: panel.text,
+        sec.scores: panel.scores,
+        sec.position_attention: panel.attention,
+        sec.info: panel.info,
+    }
+    if panel.report is not None:
+        out[sec.x], out[sec.y] = panel.report.x, panel.report.y
+    if with_classes:
+        out[sec.class_choice] = gr.Dropdown(choices=[ALL_CLASSES, *maps.classes], value=ALL_CLASSES)
+    return out
+
+
+def _zoom_update(sec: ExploreSection, analysis, x_range) -> dict:
+    """A brushed x interval on either map -> both maps zoomed to it (y fitted to the points inside)."""
+    if analysis is None or analysis.image_map is None:
+        raise gr.Error("Segment an image first; the maps show that image's pixels.", print_exception=False)
+    m = analysis.image_map
+    coords = [m.embedding.before] + ([m.embedding.after] if m.embedding.after is not None else [])
+    frames = [_uv_frame(c) for c in coords]
+    x_lim, y_lim = callbacks.pixels.zoom_limits(frames, x_range)
+    return {sec.before: gr.ScatterPlot(x_lim=x_lim, y_lim=y_lim), sec.after: gr.ScatterPlot(x_lim=x_lim, y_lim=y_lim)}
+
+
+def _unzoom_update(sec: ExploreSection, analysis) -> dict:
+    if analysis is None or analysis.image_map is None:
+        return {}
+    x_lim, y_lim = callbacks.pixels.map_limits(analysis.image_map)
+    return {sec.before: gr.ScatterPlot(x_lim=x_lim, y_lim=y_lim), sec.after: gr.ScatterPlot(x_lim=x_lim, y_lim=y_lim)}
+
+
+def _uv_frame(coords):
+    import pandas as pd
+
+    return pd.DataFrame({"u": coords[:, 0], "v": coords[:, 1]})
+
+
+# ---------------------------------------------------------------------------------------------- events
+
+
+def wire_segment(
+    ctx: AppContext, state: gr.State, top: TopSection, cmp: CompareSection, off: OffsetSection, exp: ExploreSection
+) -> None:
+    """Segment -> status -> twin comparison -> offsets -> the map (each step only after the previous one)."""
+
     @_user_errors
     def on_segment(image_path, model_label):
         result = callbacks.segment(ctx, image_path, model_label)
-        return result.annotated, result.shares, result.analysis
+        return {top.annotated: result.annotated, top.shares: result.shares, state: result.analysis}
 
     @_user_errors
-    def on_offsets(analysis):
-        panels = callbacks.offset_panels(ctx, analysis)
-        if panels.correction is None:
-            return (
-                None,
-                panels.correction_text,
-                None,
-                panels.magnitude_text,
-                None,
-                gr.Dropdown(choices=[], value=None),
-                None,
-                panels.note,
-            )
-        att_image, att_text = callbacks.attention_panel(ctx, analysis, panels.attention_default)
-        bars = _bar_frame(panels.class_offsets)
-        dropdown = gr.Dropdown(choices=panels.attention_classes, value=panels.attention_default)
-        return (
-            panels.correction,
-            panels.correction_text,
-            panels.magnitude,
-            panels.magnitude_text,
-            bars,
-            dropdown,
-            att_image,
-            att_text,
-        )
-
-    @_user_errors
-    def on_attention(analysis, class_name):
-        return callbacks.attention_panel(ctx, analysis, class_name)
-
-    @_user_errors
-    def on_compare(analysis):
-        panels = callbacks.compare(ctx, analysis)
-        return panels.offset_overlay, panels.baseline_overlay, panels.outcome, panels.disagreement, panels.text
-
-    @_user_errors
-    def on_embedding(analysis, method):
+    def on_explore(analysis, method):
         if analysis is None:
-            return None, "Segment an image first; the map shows that image's pixels."
-        return callbacks.embedding_panel(ctx, analysis, method)
+            return {exp.map_text: "Segment an image first; the map shows that image's pixels."}
+        return _explore_update(exp, callbacks.map_panel(ctx, analysis, method), with_classes=True)
 
-    def on_model(label):
-        return ctx.registry.get(label).card_markdown()
+    top.model.change(
+        lambda label: ctx.registry.get(label).card_markdown(),
+        [top.model],
+        [top.card],
+        api_visibility="private",
+        queue=False,
+    )
+    (
+        top.button.click(
+            on_segment,
+            [top.image, top.model],
+            [top.annotated, top.shares, state],
+            api_name="segment",
+            concurrency_id="model",
+            concurrency_limit=1,
+            api_description="Segment an image: returns the annotated image and each class's pixel share.",
+        )
+        .success(_status_of, [state], [top.status], api_visibility="private", queue=False)
+        .success(
+            _user_errors(functools.partial(_compare_update, ctx, cmp)),
+            [state],
+            _components(cmp),
+            api_visibility="private",
+            concurrency_id="model",
+        )
+        .success(
+            _user_errors(functools.partial(_offsets_update, ctx, off)),
+            [state],
+            _components(off),
+            api_visibility="private",
+            concurrency_id="panels",
+            concurrency_limit=1,
+        )
+        .success(
+            on_explore,
+            [state, exp.method],
+            _components(exp),
+            api_visibility="private",
+            concurrency_id="embedding",
+            concurrency_limit=1,
+        )
+    )
+    exp.method.input(
+        on_explore, [state, exp.method], _components(exp), api_visibility="private", concurrency_id="embedding"
+    )
 
-    # ------------------------------------------------------------------ the page
+
+def wire_offsets(ctx: AppContext, state: gr.State, off: OffsetSection) -> None:
+    """The class-attention dropdown."""
+    off.attention_class.input(
+        _user_errors(functools.partial(callbacks.attention_panel, ctx)),
+        [state, off.attention_class],
+        [off.attention, off.attention_text],
+        api_visibility="private",
+        concurrency_id="panels",
+    )
+
+
+def wire_explore(ctx: AppContext, state: gr.State, top: TopSection, exp: ExploreSection) -> None:
+    """Clicks on the images, the x/y fields and the ``pixel`` endpoint, the class choice, zooming the maps."""
+    outputs = _components(exp)
+
+    def click_on(source: str):
+        @_user_errors
+        def on_click(analysis, evt: gr.SelectData):
+            x, y = callbacks.display_to_image(analysis, evt.index, source)
+            return _explore_update(exp, callbacks.pixel_panel(ctx, analysis, x, y))
+
+        return on_click
+
+    top.image.select(click_on("input"), [state], outputs, api_visibility="private", concurrency_id="pixel")
+    exp.picture.select(click_on("picture"), [state], outputs, api_visibility="private", concurrency_id="pixel")
+
+    @_user_errors
+    def on_pixel(analysis, x, y):
+        return callbacks.pixel_info(ctx, analysis, x, y)
+
+    @_user_errors
+    def on_pixel_panels(analysis, x, y):
+        return _explore_update(exp, callbacks.pixel_panel(ctx, analysis, x, y))
+
+    exp.show.click(
+        on_pixel,
+        [state, exp.x, exp.y],
+        [exp.info],
+        api_name="pixel",
+        concurrency_id="pixel",
+        api_description="A pixel (x, y) of the last segmented image of this session: the predicted class "
+        "of the Offset Learning model and of its per-pixel twin, each with its top-5 classes and scores.",
+    ).success(on_pixel_panels, [state, exp.x, exp.y], outputs, api_visibility="private", concurrency_id="pixel")
+
+    @_user_errors
+    def on_class(analysis, name):
+        return _explore_update(exp, callbacks.class_panel(ctx, analysis, name))
+
+    exp.class_choice.input(
+        on_class, [state, exp.class_choice], outputs, api_visibility="private", concurrency_id="pixel"
+    )
+
+    @_user_errors
+    def on_zoom(analysis, evt: gr.SelectData):
+        return _zoom_update(exp, analysis, evt.index)
+
+    def on_unzoom(analysis):
+        return _unzoom_update(exp, analysis)
+
+    for plot in (exp.before, exp.after):
+        plot.select(on_zoom, [state], [exp.before, exp.after], api_visibility="private", queue=False)
+        plot.double_click(on_unzoom, [state], [exp.before, exp.after], api_visibility="private", queue=False)
+
+
+def build_app(ctx: AppContext) -> gr.Blocks:
+    """The gr.Blocks page for the models in ``ctx`` (launch it with :func:`launch`)."""
+    colour_map = _color_map(ctx)
     with gr.Blocks(title="OffSeg — offset learning", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         state = gr.State(None, time_to_live=STATE_SECONDS)
         gr.Markdown(INTRO)
-        with gr.Row():
-            model = gr.Dropdown(ctx.registry.labels, value=default.label, label="Model", scale=1)
-            card = gr.Markdown(default.card_markdown(), elem_id="model-card")
-        with gr.Row():
-            with gr.Column(scale=2):
-                image = hand_over_upload_path(
-                    gr.Image(
-                        type="filepath",
-                        image_mode=None,
-                        sources=["upload", "clipboard"],
-                        label="Image",
-                        elem_id="input-image",
-                        height=320,
-                    )
-                )
-                button = gr.Button("Segment", variant="primary", elem_id="segment-button")
-                status = gr.Markdown(elem_id="status")
-                if examples:
-                    gr.Examples(
-                        examples,
-                        inputs=[image],
-                        label="Gallery: FashionScenes val scenes (ground truth known)",
-                        examples_per_page=len(examples),
-                        cache_examples=False,
-                    )
-            with gr.Column(scale=3):
-                annotated = gr.AnnotatedImage(
-                    label="Segmentation",
-                    color_map=colour_map,
-                    show_legend=True,
-                    format="png",
-                    elem_id="segmentation",
-                    height=420,
-                )
-                shares = gr.Dataframe(
-                    headers=["class", "share (%)", "pixels"],
-                    datatype=["str", "number", "number"],
-                    label="Share of pixels per class",
-                    interactive=False,
-                    elem_id="shares",
-                )
-
-        gr.Markdown("## What Offset Learning changed: against its per-pixel twin")
-        with gr.Row():
-            cmp_offset = gr.Image(label="Offset Learning", format="webp", interactive=False)
-            cmp_base = gr.Image(label="Per-pixel twin", format="webp", interactive=False)
-        with gr.Row():
-            cmp_outcome = gr.Image(
-                label="Fixed (green) / broken (red) / both wrong (orange) against the ground truth",
-                format="webp",
-                interactive=False,
-                elem_id="twin-comparison",
-            )
-            cmp_diff = gr.Image(label="Where they disagree", format="webp", interactive=False, elem_id="disagreement")
-        cmp_text = gr.Markdown()
-
-        gr.Markdown("## Inside Offset Learning")
-        with gr.Row():
-            with gr.Column():
-                correction = gr.Image(
-                    label="Ablation: offsets switched off (ΔW = ΔE = 0 → with offsets)",
-                    format="webp",
-                    interactive=False,
-                    elem_id="correction",
-                )
-                correction_text = gr.Markdown()
-            with gr.Column():
-                magnitude = gr.Image(
-                    label="Feature offset magnitude ‖ΔE‖/‖E‖",
-                    format="webp",
-                    interactive=False,
-                    elem_id="feature-offset",
-                )
-                magnitude_text = gr.Markdown()
-        with gr.Row():
-            with gr.Column():
-                class_bars = gr.BarPlot(
-                    x="class",
-                    y="|dW| / |W|",
-                    color="class",
-                    color_map=colour_map,
-                    sort="-y",
-                    y_lim=[0, None],
-                    label="Class offset magnitude ‖ΔW‖/‖W‖ of the classes present",
-                    elem_id="class-offsets",
-                )
-            with gr.Column():
-                attention_class = gr.Dropdown([], label="Class attention of", elem_id="attention-class")
-                attention = gr.Image(
-                    label="Class attention (softmax over pixels of E·Wᵀ)",
-                    format="webp",
-                    interactive=False,
-                    elem_id="attention",
-                )
-                attention_text = gr.Markdown()
-
-        gr.Markdown("## Pixel features and class embeddings, before and after the offsets")
-        method = gr.Radio(list(EMBEDDING_METHODS), value="auto", label="Map", elem_id="embedding-method")
-        embedding = gr.Image(
-            label="Joint 2-D map of E and E' with W and W'",
-            format="webp",
-            interactive=False,
-            elem_id="embedding",
-            show_label=False,  # the figure has its own titles; a floating label would cover them
-        )
-        embedding_text = gr.Markdown()
-
-        # ------------------------------------------------------------------ the events
-        model.change(on_model, [model], [card], api_visibility="private", queue=False)
-        (
-            button.click(
-                on_segment,
-                [image, model],
-                [annotated, shares, state],
-                api_name="segment",
-                concurrency_id="model",
-                concurrency_limit=1,
-                api_description="Segment an image: returns the annotated image and each class's pixel share.",
-            )
-            .success(_status_of, [state], [status], api_visibility="private", queue=False)
-            .success(
-                on_compare,
-                [state],
-                [cmp_offset, cmp_base, cmp_outcome, cmp_diff, cmp_text],
-                api_visibility="private",
-                concurrency_id="model",
-            )
-            .success(
-                on_offsets,
-                [state],
-                [
-                    correction,
-                    correction_text,
-                    magnitude,
-                    magnitude_text,
-                    class_bars,
-                    attention_class,
-                    attention,
-                    attention_text,
-                ],
-                api_visibility="private",
-                concurrency_id="panels",
-                concurrency_limit=1,
-            )
-            .success(
-                on_embedding,
-                [state, method],
-                [embedding, embedding_text],
-                api_visibility="private",
-                concurrency_id="embedding",
-                concurrency_limit=1,
-            )
-        )
-        attention_class.input(
-            on_attention,
-            [state, attention_class],
-            [attention, attention_text],
-            api_visibility="private",
-            concurrency_id="panels",
-        )
-        method.input(
-            on_embedding,
-            [state, method],
-            [embedding, embedding_text],
-            api_visibility="private",
-            concurrency_id="embedding",
-        )
+        top = top_section(ctx, colour_map)
+        cmp = compare_section()
+        off = offset_section(colour_map)
+        exp = explore_section(ctx)
+        wire_segment(ctx, state, top, cmp, off, exp)
+        wire_offsets(ctx, state, off)
+        wire_explore(ctx, state, top, exp)
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=1)
     return demo
 
