@@ -189,14 +189,14 @@ def test_interrupted_grid_resumes_and_matches_an_uninterrupted_run(finished_grid
 def test_analysis_of_a_finished_pair_reads_its_checkpoints(finished_grid):
     from offseg_vis.analysis import compare_to_baseline, probe
     from offseg_vis.engine.checkpoint import load_model
-    from offseg_vis.engine.loading import build_datasets
+    from offseg_vis.engine.run import datasets_for
 
     base, budget, arms, _, root, _ = finished_grid
     analysis = ex.analyse_arm(base, budget, arms[1], 0, root / "runs", n_images=4)
     assert (analysis.arm, analysis.baseline, analysis.seed, analysis.images) == ("offset@0.5", "linear@0.5", 0, 4)
     assert list(analysis.reports) == ["offset: before (E, W)", "offset: after (E', W')", "linear (E, W)"]
     # The twin counts are compare_to_baseline on both runs' own weights and val scenes, probed here directly.
-    _, val_raw, _, _, _ = build_datasets(ex.run_config(base, arms[1], 0, budget))
+    val_raw = datasets_for(ex.run_config(base, arms[1], 0, budget), "val").dataset
     scenes = [val_raw[i] for i in range(4)]
     images, labels = [s[0] for s in scenes], [s[1] for s in scenes]
     probes = []

@@ -1,5 +1,6 @@
-"""Training data plumbing: datasets from a config, and samplers whose order is a pure function of
-(seed, epoch), so a resumed run reads exactly the batches it would have read.
+"""Training data plumbing: samplers whose order is a pure function of (seed, epoch), so a resumed run
+reads exactly the batches it would have read. The datasets themselves come from the one run API,
+:func:`offseg_vis.engine.run.datasets_for`.
 """
 
 from __future__ import annotations
@@ -8,9 +9,6 @@ from collections.abc import Sequence
 
 import torch
 from torch.utils.data import DistributedSampler
-
-from offseg_vis.engine.config import Config
-from offseg_vis.engine.run import datasets_for
 
 
 class ResumableDistributedSampler(DistributedSampler):
@@ -56,20 +54,8 @@ class EpochIndexedDataset(torch.utils.data.Dataset):
         return image, mask, index
 
 
-def build_datasets(config: Config, train_raw=None, val_raw=None):
-    """The trainer's data, built by the one run API (:func:`offseg_vis.engine.run.datasets_for`).
-
-    Returns:
-        (train TransformedDataset, raw val dataset, val transform, class names, palette).
-    """
-    train = datasets_for(config, "train", raw=train_raw)
-    val = datasets_for(config, "val", raw=val_raw)
-    classes = train.classes or val.classes
-    palette = train.palette or val.palette
-    return train.transformed(seed=config.runtime.seed), val.dataset, val.transform, classes, palette
-
-
 def batch_names(dataset, indices: Sequence[int]) -> list[str]:
+    """The file names of a batch's items (``#i`` for a dataset without names), for error messages."""
     names = []
     for i in indices:
         try:

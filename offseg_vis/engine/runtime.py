@@ -1,4 +1,5 @@
-"""Where a training process runs: device, process group (torchrun), AMP, and the run's logs.
+"""Where a training process runs: device, process group (torchrun), AMP, the run's logs, and the
+machine line every measured number is printed beside.
 """
 
 from __future__ import annotations
@@ -6,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
 import sys
 import time
 from dataclasses import dataclass, field
@@ -15,6 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from offseg_vis.errors import ConfigError
 
@@ -46,9 +49,7 @@ def _resolve_device(name: str, local_rank: int) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(
-                "runtime.device asks for CUDA but no CUDA device is available; use runtime.device=cpu."
-            )
+            raise ConfigError("runtime.device asks for CUDA but no CUDA device is available; use runtime.device=cpu.")
         if device.index is None:
             device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
@@ -93,7 +94,7 @@ class RunLogger:
         self.work_dir = work_dir
         self.tb = None
         if enabled and work_dir is not None and tensorboard:
-            try:
+            try:  # imported here: tensorboard is an optional dependency
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tb = SummaryWriter(str(work_dir / "tensorboard"))
@@ -103,8 +104,6 @@ class RunLogger:
     def info(self, message: str) -> None:
         if not self.enabled:
             return
-        from tqdm.auto import tqdm
-
         tqdm.write(message, file=sys.stderr)
         log.info(message)
         if self.work_dir is not None:
@@ -137,3 +136,26 @@ def mean_across(value: Tensor, info: DistInfo) -> float:
         value /= info.world_size
     return float(value)
 
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where available)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict:
+    """What every benchmark number and experiment run is recorded beside: torch version, threads,
+    device, CPU model, Python version."""
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "cpu": cpu_model(),
+        "python": platform.python_version(),
+    }

@@ -5,8 +5,13 @@
 joins the process group (nccl on GPU, gloo on CPU), reads its shard of every global batch, and only
 rank 0 writes logs and checkpoints.
 
+The run is a :class:`Trainer` whose steps are named methods, called in this order by
+:meth:`Trainer.run`: run folder, seeds, data (:func:`~offseg_vis.engine.run.datasets_for`), model and
+optimiser, resume, DDP, start log, then the loop (one optimiser step, its log line, evaluation,
+checkpoint, callbacks) and the result.
+
 Recipe (spec §3.2): AdamW with the head at lr x ``head_lr_mult`` and no decay on norms, linear
-warm-up, poly decay (:mod:`~offseg_vis.engine.optim`). Data, samplers: :mod:`~offseg_vis.engine.loading`;
+warm-up, poly decay (:mod:`~offseg_vis.engine.optim`). Samplers: :mod:`~offseg_vis.engine.loading`;
 devices, process group, AMP, logs: :mod:`~offseg_vis.engine.runtime`.
 
 Exact resume: the data order is a pure function of (seed, epoch), the augmentation of sample i a
@@ -16,13 +21,12 @@ a resumed run continues bit for bit where the last checkpoint left it.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from offseg_vis.engine.checkpoint import (
     checkpoint_weights,
@@ -43,23 +48,19 @@ from offseg_vis.engine.checkpoint import (
 )
 from offseg_vis.engine.config import Config, as_pair, save_config
 from offseg_vis.engine.evaluate import SegMetrics, evaluate
-from offseg_vis.engine.loading import (
-    EpochIndexedDataset,
-    ResumableDistributedSampler,
-    batch_names,
-    build_datasets,
-)
+from offseg_vis.engine.loading import EpochIndexedDataset, ResumableDistributedSampler, batch_names
 from offseg_vis.engine.optim import build_optimizer, build_scheduler
+from offseg_vis.engine.run import DataSplit, datasets_for
 from offseg_vis.engine.runtime import DistInfo, RunLogger, amp_setup, mean_across, setup_distributed
 from offseg_vis.errors import ConfigError, OffSegError
 from offseg_vis.models.weights import describe_model, load_weights
+from offseg_vis.models.zoo import build_model
 
-log = logging.getLogger("offseg_vis.train")
+Callback = Callable[..., None]
+
 
 class NonFiniteLossError(OffSegError):
     """The training loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
-
-
 
 
 @dataclass
@@ -100,7 +101,44 @@ class TrainResult:
         }
 
 
-def _resolve_work_dir(config: Config, work_dir: str | os.PathLike | None) -> Path:
+@dataclass
+class Progress:
+    """Where the run is: what a ``last`` checkpoint saves and a resume restores (besides the
+    model, optimiser, scheduler, scaler and RNG states)."""
+
+    step: int = 0
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    best_miou: float = float("nan")
+
+    def to_state(self) -> dict[str, Any]:
+        """The entries of the training state file (without ``step``, which the card holds too)."""
+        return {"losses": [list(x) for x in self.losses], "evals": self.evals, "best_miou": self.best_miou}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Progress:
+        """Inverse of :meth:`to_state` plus the saved ``step``."""
+        return cls(
+            step=int(state["step"]),
+            losses=[tuple(x) for x in state.get("losses", [])],
+            evals=list(state.get("evals", [])),
+            best_miou=float(state.get("best_miou", float("nan"))),
+        )
+
+
+@dataclass
+class _Window:
+    """Losses and time since the last train log line, and since the job started."""
+
+    loss: float = 0.0
+    n: int = 0
+    start: float = field(default_factory=time.perf_counter)
+    job_start: float = field(default_factory=time.perf_counter)
+    steps_here: int = 0  # optimiser steps of this process's attempt (not the resumed ones)
+
+
+def resolve_work_dir(config: Config, work_dir: str | os.PathLike | None) -> Path:
+    """The run folder: ``work_dir``, else ``config.runtime.work_dir``, else ``runs/<name>``."""
     if work_dir is not None:
         return Path(work_dir)
     if config.runtime.work_dir:
@@ -110,8 +148,6 @@ def _resolve_work_dir(config: Config, work_dir: str | os.PathLike | None) -> Pat
 
 def model_from_config(config: Config) -> nn.Module:
     """The model a config describes (``config.model``), freshly built."""
-    from offseg_vis.models.zoo import build_model
-
     m = config.model
     return build_model(
         m.name,
@@ -124,14 +160,6 @@ def model_from_config(config: Config) -> nn.Module:
     )
 
 
-def _check_classes(config: Config, classes: list[str]) -> None:
-    if classes and len(classes) != config.model.num_classes:
-        raise ConfigError(
-            f"The dataset {config.data.dataset!r} has {len(classes)} classes but model.num_classes is "
-            f"{config.model.num_classes}; set model.num_classes={len(classes)}."
-        )
-
-
 def train(
     config: Config,
     *,
@@ -140,7 +168,7 @@ def train(
     model: nn.Module | None = None,
     train_dataset: Any = None,
     val_dataset: Any = None,
-    callbacks: Sequence[Callable[..., None]] = (),
+    callbacks: Sequence[Callback] = (),
 ) -> TrainResult:
     """Train a model as ``config`` says and return the history and checkpoint paths.
 
@@ -165,341 +193,416 @@ def train(
     info = setup_distributed(config.runtime.device)
     threads = torch.get_num_threads()
     try:
-        return _train(config, info, resume, work_dir, model, train_dataset, val_dataset, callbacks)
+        trainer = Trainer(config, info, resolve_work_dir(config, work_dir), resume, callbacks)
+        return trainer.run(model, train_dataset, val_dataset)
     finally:
         torch.set_num_threads(threads)  # a notebook or test keeps its own setting
         if info.created_group and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(config, info: DistInfo, resume, work_dir, model, train_raw, val_raw, callbacks) -> TrainResult:
-    rt, sched, d = config.runtime, config.schedule, config.data
-    if sched.max_iters <= 0:
-        raise ConfigError(f"schedule.max_iters must be positive, got {sched.max_iters}.")
-    if rt.num_threads:
-        torch.set_num_threads(int(rt.num_threads))
-    if rt.deterministic:
-        torch.use_deterministic_algorithms(True)
+class Trainer:
+    """One training run in named steps; :meth:`run` calls them in order.
 
-    run_dir = _resolve_work_dir(config, work_dir)
-    if info.is_main:
-        if not resume and state_path(run_dir, "last").exists() and not rt.overwrite:
+    Attributes set by the steps: ``logger``; ``train_split``, ``val_split`` (:class:`DataSplit`),
+    ``train_ds`` (transformed), ``sampler``, ``iters_per_epoch``; ``model`` (what is called: DDP when
+    distributed), ``raw_model`` (the bare module), ``optimizer``, ``scheduler``, ``scaler``,
+    ``amp_dtype``; ``progress`` (:class:`Progress`); ``card`` (metadata every checkpoint carries).
+    """
+
+    def __init__(self, config: Config, info: DistInfo, run_dir: Path, resume: bool, callbacks: Sequence[Callback] = ()):
+        if config.schedule.max_iters <= 0:
+            raise ConfigError(f"schedule.max_iters must be positive, got {config.schedule.max_iters}.")
+        self.config, self.info, self.run_dir, self.resume = config, info, run_dir, resume
+        self.callbacks = list(callbacks)
+        self.progress = Progress()
+        self.final_metrics: SegMetrics | None = None
+
+    def run(self, model: nn.Module | None = None, train_raw: Any = None, val_raw: Any = None) -> TrainResult:
+        """Every step, in order (the order fixes the random draws, so it is part of exact resume)."""
+        self.apply_runtime_settings()
+        self.prepare_run_dir()
+        self.logger = RunLogger(self.run_dir, self.info.is_main, self.config.runtime.tensorboard)
+        self.seed_everything()
+        self.build_data(train_raw, val_raw)
+        self.build_model(model)
+        rng_after_resume = self.restore() if self.resume else None
+        self.wrap_distributed()
+        if rng_after_resume is not None:
+            set_rng_state(rng_after_resume)
+        else:
+            torch.manual_seed(self.config.runtime.seed + self.info.rank)  # per-rank dropout, drop path
+        self.log_start()
+        self.card = self.checkpoint_card()
+        window = self.loop()
+        return self.finish(window)
+
+    # --- set-up -----------------------------------------------------------------------------------
+
+    def apply_runtime_settings(self) -> None:
+        """Threads and deterministic algorithms, as ``runtime`` says."""
+        rt = self.config.runtime
+        if rt.num_threads:
+            torch.set_num_threads(int(rt.num_threads))
+        if rt.deterministic:
+            torch.use_deterministic_algorithms(True)
+
+    def prepare_run_dir(self) -> None:
+        """Refuse to overwrite a run (unless told), clear a fresh run's logs, save the config."""
+        if not self.info.is_main:
+            return
+        run_dir, rt = self.run_dir, self.config.runtime
+        if not self.resume and state_path(run_dir, "last").exists() and not rt.overwrite:
             raise ConfigError(
                 f"{run_dir} already holds a run; pass --resume to continue it, choose another --work-dir, "
                 f"or set runtime.overwrite=true to start over."
             )
         run_dir.mkdir(parents=True, exist_ok=True)
-        if not resume:
+        if not self.resume:
             for old in ("log.jsonl", "train.log"):
                 (run_dir / old).unlink(missing_ok=True)
-        save_config(config, run_dir / "config.yaml")
-    logger = RunLogger(run_dir, info.is_main, rt.tensorboard)
+        save_config(self.config, run_dir / "config.yaml")
 
-    # --- seeds: the same initialisation on every rank (DDP also broadcasts rank 0's weights)
-    random.seed(rt.seed)
-    np.random.seed(rt.seed)
-    torch.manual_seed(rt.seed)
+    def seed_everything(self) -> None:
+        """The same initialisation on every rank (DDP also broadcasts rank 0's weights)."""
+        seed = self.config.runtime.seed
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
 
-    # --- data
-    # rank 0 first: it builds any on-disk cache (e.g. FashionScenes val) while the others wait
-    if info.distributed and not info.is_main:
-        dist.barrier()
-    train_ds, val_ds, val_transform, classes, palette = build_datasets(config, train_raw, val_raw)
-    if info.distributed and info.is_main:
-        dist.barrier()
-    _check_classes(config, classes)
-    sampler = ResumableDistributedSampler(train_ds, info.world_size, info.rank, seed=rt.seed)
-    iters_per_epoch = len(sampler) // d.batch_size
-    if iters_per_epoch == 0:
-        raise ConfigError(
-            f"The training set has {len(train_ds)} images, fewer than one global batch of "
-            f"{d.batch_size * info.world_size}; lower data.batch_size or use more images."
-        )
+    def build_data(self, train_raw: Any, val_raw: Any) -> None:
+        """Both splits (:func:`datasets_for`), the resumable sampler and the steps per epoch."""
+        info, config = self.info, self.config
+        # rank 0 first: it builds any on-disk cache (e.g. FashionScenes val) while the others wait
+        if info.distributed and not info.is_main:
+            dist.barrier()
+        self.train_split: DataSplit = datasets_for(config, "train", raw=train_raw)
+        self.val_split: DataSplit = datasets_for(config, "val", raw=val_raw)
+        if info.distributed and info.is_main:
+            dist.barrier()
+        self.classes = self.train_split.classes or self.val_split.classes
+        self.palette = self.train_split.palette or self.val_split.palette
+        if self.classes and len(self.classes) != config.model.num_classes:
+            raise ConfigError(
+                f"The dataset {config.data.dataset!r} has {len(self.classes)} classes but model.num_classes "
+                f"is {config.model.num_classes}; set model.num_classes={len(self.classes)}."
+            )
+        self.train_ds = self.train_split.transformed(seed=config.runtime.seed)
+        self.sampler = ResumableDistributedSampler(self.train_ds, info.world_size, info.rank, seed=config.runtime.seed)
+        batch = config.data.batch_size
+        self.iters_per_epoch = len(self.sampler) // batch
+        if self.iters_per_epoch == 0:
+            raise ConfigError(
+                f"The training set has {len(self.train_ds)} images, fewer than one global batch of "
+                f"{batch * info.world_size}; lower data.batch_size or use more images."
+            )
 
-    # --- model, optimiser, schedule, AMP
-    if model is None:
-        model = model_from_config(config)
-    model = model.to(info.device)
-    if rt.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, config.optim)
-    scheduler = build_scheduler(optimizer, sched)
-    amp_dtype, use_scaler = amp_setup(rt.amp, info.device)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    def build_model(self, model: nn.Module | None) -> None:
+        """The model on its device, the optimiser, the schedule and AMP."""
+        rt = self.config.runtime
+        if model is None:
+            model = model_from_config(self.config)
+        model = model.to(self.info.device)
+        if rt.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = self.raw_model = model
+        self.optimizer = build_optimizer(model, self.config.optim)
+        self.scheduler = build_scheduler(self.optimizer, self.config.schedule)
+        self.amp_dtype, self.use_scaler = amp_setup(rt.amp, self.info.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_scaler)
+        self.identity = describe_model(model)
+        self.identity["model"] = getattr(model, "model_name", None) or self.config.model.name
 
-    identity = describe_model(model)
-    identity["model"] = getattr(model, "model_name", None) or config.model.name
+    def restore(self) -> Any:
+        """Load the ``last`` checkpoint's weights and training state; return this rank's RNG state.
 
-    start_step, losses, evals, best_miou = 0, [], [], float("nan")
-    if resume:
-        state = load_training_state(run_dir, "last")
-        load_weights(model, checkpoint_weights(run_dir, "last"))
-        optimizer.load_state_dict(state["optimizer"])
-        fresh = [f.__dict__.copy() for f in scheduler.lr_lambdas]
-        scheduler.load_state_dict(state["scheduler"])
-        for factor, values in zip(scheduler.lr_lambdas, fresh):
-            factor.__dict__.update(values)  # the config's schedule wins (e.g. a longer max_iters)
+        The schedule's factors are not restored: this config's schedule wins (e.g. a longer
+        ``max_iters``); only the scheduler's position (step count, last lrs) comes from the file.
+        """
+        state = load_training_state(self.run_dir, "last")
+        load_weights(self.raw_model, checkpoint_weights(self.run_dir, "last"))
+        self.optimizer.load_state_dict(state["optimizer"])
+        keep_factors = [None] * len(self.scheduler.lr_lambdas)  # None: LambdaLR leaves that factor as built
+        self.scheduler.load_state_dict({**state["scheduler"], "lr_lambdas": keep_factors})
         if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start_step = int(state["step"])
-        losses = [tuple(x) for x in state.get("losses", [])]
-        evals = list(state.get("evals", []))
-        best_miou = float(state.get("best_miou", float("nan")))
+            self.scaler.load_state_dict(state["scaler"])
+        self.progress = Progress.from_state(state)
+        self.logger.info(f"resumed {self.run_dir} at step {self.progress.step}")
         per_rank = state.get("rng_per_rank") or []
-        rng_after_resume = per_rank[info.rank] if len(per_rank) == info.world_size else state["rng"]
-        logger.info(f"resumed {run_dir} at step {start_step}")
-    else:
-        rng_after_resume = None
+        return per_rank[self.info.rank] if len(per_rank) == self.info.world_size else state["rng"]
 
-    raw_model = model
-    if info.distributed:
+    def wrap_distributed(self) -> None:
+        """DistributedDataParallel (and SyncBatchNorm on CUDA) when launched with several processes."""
+        info, rt = self.info, self.config.runtime
+        if not info.distributed:
+            return
         if rt.sync_bn and info.device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            raw_model = model
-        model = nn.parallel.DistributedDataParallel(
-            model,
+            self.raw_model = nn.SyncBatchNorm.convert_sync_batchnorm(self.raw_model)
+        self.model = nn.parallel.DistributedDataParallel(
+            self.raw_model,
             device_ids=[info.device.index] if info.device.type == "cuda" else None,
             find_unused_parameters=rt.find_unused_parameters,
         )
-    if rng_after_resume is not None:
-        set_rng_state(rng_after_resume)
-    else:
-        torch.manual_seed(rt.seed + info.rank)  # per-rank randomness (dropout, drop path)
 
-    global_batch = d.batch_size * info.world_size
-    n_params = sum(p.numel() for p in raw_model.parameters())
-    logger.info(
-        f"run {config.name}: model {identity['model']} ({identity['classifier']} classifier, "
-        f"{config.model.num_classes} classes, {n_params / 1e6:.2f}M params) "
-        f"on {info.device}"
-        + (f" with {torch.get_num_threads()} CPU threads" if info.device.type == "cpu" else "")
-        + f"; {info.world_size} process(es) x batch {d.batch_size} = global batch {global_batch}; "
-        f"{len(train_ds)} training images ({iters_per_epoch} steps per epoch); "
-        f"AMP {amp_dtype if amp_dtype is not None else 'off'}; work dir {run_dir}"
-    )
-    for g in optimizer.param_groups:
-        logger.info(
-            f"  param group {g['name']}: {len(g['params'])} tensors, lr {g['initial_lr']:.3g}, "
-            f"weight decay {g['weight_decay']}"
+    @property
+    def global_batch(self) -> int:
+        return self.config.data.batch_size * self.info.world_size
+
+    def log_start(self) -> None:
+        """The run's start line (model, device, batch, both data sets, AMP, folder) and param groups."""
+        info, config, identity = self.info, self.config, self.identity
+        n_params = sum(p.numel() for p in self.raw_model.parameters())
+        threads = f" with {torch.get_num_threads()} CPU threads" if info.device.type == "cpu" else ""
+        amp = self.amp_dtype if self.amp_dtype is not None else "off"
+        self.logger.info(
+            f"run {config.name}: model {identity['model']} ({identity['classifier']} classifier, "
+            f"{config.model.num_classes} classes, {n_params / 1e6:.2f}M params) on {info.device}{threads}; "
+            f"{info.world_size} process(es) x batch {config.data.batch_size} = global batch {self.global_batch}; "
+            f"{len(self.train_ds)} training images ({self.iters_per_epoch} steps per epoch); "
+            f"val set: {self.val_split.describe()}; AMP {amp}; work dir {self.run_dir}"
         )
-    if not resume:
-        logger.record(
-            {
-                "type": "start",
-                "step": 0,
-                "world_size": info.world_size,
-                "global_batch": global_batch,
-                "threads": torch.get_num_threads(),
-                "device": str(info.device),
-            }
+        for g in self.optimizer.param_groups:
+            self.logger.info(
+                f"  param group {g['name']}: {len(g['params'])} tensors, lr {g['initial_lr']:.3g}, "
+                f"weight decay {g['weight_decay']}"
+            )
+        if not self.resume:
+            self.logger.record(
+                {
+                    "type": "start",
+                    "step": 0,
+                    "world_size": info.world_size,
+                    "global_batch": self.global_batch,
+                    "threads": torch.get_num_threads(),
+                    "device": str(info.device),
+                }
+            )
+
+    def checkpoint_card(self) -> dict[str, Any]:
+        """Metadata every checkpoint of this run carries (step and metrics are added per write)."""
+        config = self.config
+        test = config.test
+        return {
+            **self.identity,
+            "classifier_options": dict(config.model.classifier_options),
+            "class_names": self.classes,
+            "palette": [list(map(int, c)) for c in self.palette] if self.palette is not None else None,
+            "dataset": config.data.dataset,
+            "config": config.to_dict(),
+            "seed": config.runtime.seed,
+            "git_commit": git_commit() if self.info.is_main else None,
+            "torch_version": torch.__version__,
+            "test": {"mode": test.mode, "crop_size": test.crop_size, "stride": test.stride},
+            "global_batch": self.global_batch,
+        }
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    def loop(self) -> _Window:
+        """Epochs of steps until ``schedule.max_iters``; returns the throughput window."""
+        sched, rt = self.config.schedule, self.config.runtime
+        bar = None
+        if rt.progress and self.info.is_main:
+            bar = tqdm(
+                total=sched.max_iters, initial=self.progress.step, desc=self.config.name, unit="it",
+                dynamic_ncols=True,
+            )  # fmt: skip
+        epoch, skip = divmod(self.progress.step, self.iters_per_epoch)
+        loader_ds = EpochIndexedDataset(self.train_ds)
+        window = _Window()
+        try:
+            self.model.train()
+            while self.progress.step < sched.max_iters:
+                for images, masks, indices in self.epoch_loader(loader_ds, epoch, skip):
+                    loss, lr = self.train_step(images, masks, indices)
+                    self.after_step(loss, lr, epoch, window, bar)
+                    if self.progress.step >= sched.max_iters:
+                        break
+                epoch += 1
+                skip = 0
+        finally:
+            if bar is not None:
+                bar.close()
+        return window
+
+    def epoch_loader(self, loader_ds: EpochIndexedDataset, epoch: int, skip: int) -> DataLoader:
+        """The DataLoader of one epoch, skipping its first ``skip`` batches (exact resume)."""
+        d = self.config.data
+        self.sampler.set_epoch(epoch)
+        self.train_ds.set_epoch(epoch)  # in this process too: names of a bad batch, workers=0
+        self.sampler.start_index = skip * d.batch_size
+        return DataLoader(
+            loader_ds,
+            batch_size=d.batch_size,
+            sampler=self.sampler,
+            drop_last=True,
+            num_workers=d.num_workers,
+            pin_memory=self.info.device.type == "cuda",
+            persistent_workers=False,
         )
 
-    base_meta = {
-        **identity,
-        "classifier_options": dict(config.model.classifier_options),
-        "class_names": classes,
-        "palette": [list(map(int, c)) for c in palette] if palette is not None else None,
-        "dataset": d.dataset,
-        "config": config.to_dict(),
-        "seed": rt.seed,
-        "git_commit": git_commit() if info.is_main else None,
-        "torch_version": torch.__version__,
-        "test": {"mode": config.test.mode, "crop_size": config.test.crop_size, "stride": config.test.stride},
-        "global_batch": global_batch,
-    }
+    def train_step(self, images: Tensor, masks: Tensor, indices: Tensor) -> tuple[Tensor, float]:
+        """One optimiser step on a batch: images (B, 3, H, W), masks (B, H, W).
 
-    def write_checkpoint(tag: str, step: int, metrics: dict | None, with_state: bool) -> None:
-        # every rank gets here (same step, same all-reduced metrics): gather each rank's RNG state
+        Returns:
+            (the step's loss, the lr it used).
+        """
+        info, optim = self.info, self.config.optim
+        images = images.to(info.device, non_blocking=True)
+        masks = masks.to(info.device, non_blocking=True)
+        if self.config.runtime.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(info.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            logits = self.model(images)
+            loss = self.raw_model.loss_from_logits(logits.float(), masks)
+        self.guard_finite(loss, indices)
+
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if optim.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), optim.grad_clip)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.progress.step += 1
+        return loss, lr
+
+    def after_step(self, loss: Tensor, lr: float, epoch: int, window: _Window, bar: Any) -> None:
+        """Log the step, evaluate and checkpoint when due, then call the callbacks."""
+        sched, progress = self.config.schedule, self.progress
+        step = progress.step
+        window.steps_here += 1
+        loss_value = mean_across(loss.detach(), self.info)
+        progress.losses.append((step, loss_value))
+        window.loss += loss_value
+        window.n += 1
+        now = time.perf_counter()
+        if bar is not None:
+            img_s = window.steps_here * self.global_batch / max(now - window.job_start, 1e-9)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{img_s:.1f}")
+        if step % max(1, sched.log_interval) == 0 or step == sched.max_iters:
+            self.logger.record(
+                {
+                    "type": "train",
+                    "step": step,
+                    "epoch": epoch,
+                    "loss": window.loss / max(window.n, 1),
+                    "lr": lr,
+                    "img_per_s": window.n * self.global_batch / max(now - window.start, 1e-9),
+                }
+            )
+            window.loss, window.n, window.start = 0.0, 0, now
+
+        do_eval = step == sched.max_iters or (sched.eval_interval > 0 and step % sched.eval_interval == 0)
+        metrics = self.evaluate_and_keep_best() if do_eval else None
+        if do_eval or (sched.checkpoint_interval > 0 and step % sched.checkpoint_interval == 0):
+            self.write_checkpoint("last", metrics, with_state=True)
+        for cb in self.callbacks:
+            cb(step=step, loss=loss_value, lr=lr, model=self.raw_model)
+
+    def evaluate_and_keep_best(self) -> dict[str, float]:
+        """Evaluate, log, write ``best`` on a new best mIoU; return {"mIoU", "aAcc", "mAcc"}."""
+        step, test = self.progress.step, self.config.test
+        m = evaluate(
+            self.raw_model,
+            self.val_split.dataset,
+            mode=test.mode,
+            crop=as_pair(test.crop_size),
+            stride=as_pair(test.stride),
+            batch_size=test.batch_size,
+            max_images=test.max_images,
+            device=self.info.device,
+            class_names=self.classes or None,
+            transform=self.val_split.transform,
+            autocast_dtype=self.amp_dtype,
+            progress=self.config.runtime.progress and self.info.is_main,
+            distributed=self.info.distributed,
+        )
+        self.final_metrics = m
+        metrics = {"mIoU": m.mIoU, "aAcc": m.aAcc, "mAcc": m.mAcc}
+        self.progress.evals.append({"step": step, **metrics})
+        self.logger.record({"type": "eval", "step": step, **metrics})
+        self.logger.info(f"step {step}: mIoU {100 * m.mIoU:.2f}  aAcc {100 * m.aAcc:.2f}  mAcc {100 * m.mAcc:.2f}")
+        if math.isnan(self.progress.best_miou) or m.mIoU > self.progress.best_miou:
+            self.progress.best_miou = m.mIoU
+            self.write_checkpoint("best", metrics, with_state=False)
+        self.model.train()
+        return metrics
+
+    def write_checkpoint(self, tag: str, metrics: dict | None, with_state: bool) -> None:
+        """Weights + card (rank 0); with the optimiser, schedule, scaler, every rank's RNG and the
+        progress when ``with_state``. Every rank calls it (same step, same all-reduced metrics)."""
+        info = self.info
         rngs = [rng_state()]
         if with_state and info.distributed:
             rngs = [None] * info.world_size
             dist.all_gather_object(rngs, rng_state())
         if not info.is_main:
             return
-        meta = {**base_meta, "step": step, "metrics": metrics or {}}
+        meta = {**self.card, "step": self.progress.step, "metrics": metrics or {}}
         training_state = None
         if with_state:
             training_state = {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if use_scaler else {},
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.use_scaler else {},
                 "rng": rngs[0],
                 "rng_per_rank": rngs,
-                "losses": [list(x) for x in losses],
-                "evals": evals,
-                "best_miou": best_miou,
+                **self.progress.to_state(),
             }
-        save_checkpoint(run_dir, tag, raw_model, meta, training_state, half=rt.save_half)
+        save_checkpoint(self.run_dir, tag, self.raw_model, meta, training_state, half=self.config.runtime.save_half)
 
-    def run_eval(step: int) -> SegMetrics:
-        test = config.test
-        metrics = evaluate(
-            raw_model,
-            val_ds,
-            mode=test.mode,
-            crop=as_pair(test.crop_size),
-            stride=as_pair(test.stride),
-            batch_size=test.batch_size,
-            max_images=test.max_images,
-            device=info.device,
-            class_names=classes or None,
-            transform=val_transform,
-            autocast_dtype=amp_dtype,
-            progress=rt.progress and info.is_main,
-            distributed=info.distributed,
+    def guard_finite(self, loss: Tensor, indices: Tensor) -> None:
+        """Stop every process together when any process's loss is NaN/inf, naming the batch's files."""
+        info = self.info
+        bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=loss.device)
+        if info.distributed:
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        if bad.item() == 0.0:
+            return
+        names = batch_names(self.train_ds, indices.tolist())
+        if info.distributed:
+            gathered: list[Any] = [None] * info.world_size
+            dist.all_gather_object(gathered, names)
+            names = [n for part in gathered for n in part]
+        last = checkpoint_weights(self.run_dir, "last")
+        kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint had been written yet"
+        step = self.progress.step + 1
+        message = (
+            f"The training loss became non-finite (NaN or inf) at step {step}; the run stopped and "
+            f"{kept}. Lower optim.lr, enable optim.grad_clip, or check the images of that batch: "
+            f"{', '.join(names) or 'n/a'}."
         )
-        return metrics
+        self.logger.record({"type": "nonfinite", "step": step, "files": names})
+        self.logger.info(message)
+        raise NonFiniteLossError(message)
 
-    # --- the loop
-    bar = None
-    if rt.progress and info.is_main:
-        from tqdm.auto import tqdm
+    # --- the end ----------------------------------------------------------------------------------
 
-        bar = tqdm(total=sched.max_iters, initial=start_step, desc=config.name, unit="it", dynamic_ncols=True)
-    step = start_step
-    epoch, skip = divmod(step, iters_per_epoch)
-    loader_ds = EpochIndexedDataset(train_ds)
-    window_loss, window_n, window_start, job_start = 0.0, 0, time.perf_counter(), time.perf_counter()
-    steps_done_here = 0
-    final_metrics = None
-    ckpt_every = sched.checkpoint_interval
-    try:
-        model.train()
-        while step < sched.max_iters:
-            sampler.set_epoch(epoch)
-            train_ds.set_epoch(epoch)  # in this process too: names of a bad batch, workers=0
-            sampler.start_index = skip * d.batch_size
-            loader = DataLoader(
-                loader_ds,
-                batch_size=d.batch_size,
-                sampler=sampler,
-                drop_last=True,
-                num_workers=d.num_workers,
-                pin_memory=info.device.type == "cuda",
-                persistent_workers=False,
-            )
-            for images, masks, indices in loader:
-                images = images.to(info.device, non_blocking=True)
-                masks = masks.to(info.device, non_blocking=True)
-                if rt.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(info.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    logits = model(images)
-                    loss = raw_model.loss_from_logits(logits.float(), masks)
-                _guard_finite(loss, info, train_ds, indices, step, logger, run_dir)
-
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if config.optim.grad_clip:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(raw_model.parameters(), config.optim.grad_clip)
-                lr = optimizer.param_groups[0]["lr"]
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                step += 1
-                steps_done_here += 1
-
-                loss_value = mean_across(loss.detach(), info)
-                losses.append((step, loss_value))
-                window_loss += loss_value
-                window_n += 1
-                now = time.perf_counter()
-                img_s = steps_done_here * global_batch / max(now - job_start, 1e-9)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{img_s:.1f}")
-                if step % max(1, sched.log_interval) == 0 or step == sched.max_iters:
-                    logger.record(
-                        {
-                            "type": "train",
-                            "step": step,
-                            "epoch": epoch,
-                            "loss": window_loss / max(window_n, 1),
-                            "lr": lr,
-                            "img_per_s": window_n * global_batch / max(now - window_start, 1e-9),
-                        }
-                    )
-                    window_loss, window_n, window_start = 0.0, 0, now
-
-                is_last = step == sched.max_iters
-                do_eval = is_last or (sched.eval_interval > 0 and step % sched.eval_interval == 0)
-                metrics_dict = None
-                if do_eval:
-                    final_metrics = run_eval(step)
-                    metrics_dict = {
-                        "mIoU": final_metrics.mIoU,
-                        "aAcc": final_metrics.aAcc,
-                        "mAcc": final_metrics.mAcc,
-                    }
-                    evals.append({"step": step, **metrics_dict})
-                    logger.record({"type": "eval", "step": step, **metrics_dict})
-                    logger.info(
-                        f"step {step}: mIoU {100 * final_metrics.mIoU:.2f}  aAcc "
-                        f"{100 * final_metrics.aAcc:.2f}  mAcc {100 * final_metrics.mAcc:.2f}"
-                    )
-                    if math.isnan(best_miou) or final_metrics.mIoU > best_miou:
-                        best_miou = final_metrics.mIoU
-                        write_checkpoint("best", step, metrics_dict, with_state=False)
-                    model.train()
-                if do_eval or (ckpt_every > 0 and step % ckpt_every == 0):
-                    write_checkpoint("last", step, metrics_dict, with_state=True)
-                for cb in callbacks:
-                    cb(step=step, loss=loss_value, lr=lr, model=raw_model)
-                if step >= sched.max_iters:
-                    break
-            epoch += 1
-            skip = 0
-    finally:
-        if bar is not None:
-            bar.close()
-    elapsed = time.perf_counter() - job_start
-    throughput = steps_done_here * global_batch / max(elapsed, 1e-9)
-    if final_metrics is not None and info.is_main:
-        logger.info("final evaluation:\n" + final_metrics.table())
-    logger.info(f"done: {step} steps, {throughput:.1f} images/s; checkpoints in {run_dir}")
-    logger.close()
-    last = checkpoint_weights(run_dir, "last")
-    best = checkpoint_weights(run_dir, "best")
-    best = best if best.exists() else None
-    return TrainResult(
-        work_dir=run_dir if info.is_main else None,
-        checkpoint=best or last,
-        last_checkpoint=last,
-        best_checkpoint=best,
-        steps=step,
-        losses=losses,
-        evals=evals,
-        best_miou=best_miou,
-        final_metrics=final_metrics,
-        images_per_second=throughput,
-    )
-
-
-
-def _guard_finite(
-    loss: Tensor, info: DistInfo, dataset, indices: Tensor, step: int, logger: RunLogger, run_dir: Path
-) -> None:
-    """Stop every process together when any process's loss is NaN/inf, naming the batch's files."""
-    bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=loss.device)
-    if info.distributed:
-        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-    if bad.item() == 0.0:
-        return
-    names = batch_names(dataset, indices.tolist())
-    if info.distributed:
-        gathered: list[Any] = [None] * info.world_size
-        dist.all_gather_object(gathered, names)
-        names = [n for part in gathered for n in part]
-    last = checkpoint_weights(run_dir, "last")
-    kept = (
-        f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint had been written yet"
-    )
-    message = (
-        f"The training loss became non-finite (NaN or inf) at step {step + 1}; the run stopped and "
-        f"{kept}. Lower optim.lr, enable optim.grad_clip, or check the images of that batch: "
-        f"{', '.join(names) or 'n/a'}."
-    )
-    logger.record({"type": "nonfinite", "step": step + 1, "files": names})
-    logger.info(message)
-    raise NonFiniteLossError(message)
+    def finish(self, window: _Window) -> TrainResult:
+        """Final log lines and the :class:`TrainResult`."""
+        progress, info = self.progress, self.info
+        elapsed = time.perf_counter() - window.job_start
+        throughput = window.steps_here * self.global_batch / max(elapsed, 1e-9)
+        if self.final_metrics is not None and info.is_main:
+            self.logger.info("final evaluation:\n" + self.final_metrics.table())
+        self.logger.info(f"done: {progress.step} steps, {throughput:.1f} images/s; checkpoints in {self.run_dir}")
+        self.logger.close()
+        last = checkpoint_weights(self.run_dir, "last")
+        best = checkpoint_weights(self.run_dir, "best")
+        best = best if best.exists() else None
+        return TrainResult(
+            work_dir=self.run_dir if info.is_main else None,
+            checkpoint=best or last,
+            last_checkpoint=last,
+            best_checkpoint=best,
+            steps=progress.step,
+            losses=progress.losses,
+            evals=progress.evals,
+            best_miou=progress.best_miou,
+            final_metrics=self.final_metrics,
+            images_per_second=throughput,
+        )
