@@ -207,15 +207,6 @@ def format_markdown(result: dict) -> str:
                     else ""
                 )
             )
-    cross = [row for row in result["models"] if "offset_over_segformer_b0_offset" in row]
-    if cross:
-        lines += ["", "Offset variants against SegFormer-B0 (offset) and the Hugging Face peer (paired, interleaved):"]
-        for row in cross:
-            hf_ratio = row.get("offset_over_hf_segformer_b0")
-            lines.append(
-                f"- {row['model']}: ×{row['offset_over_segformer_b0_offset']:.2f} our SegFormer-B0-OL"
-                + (f", ×{hf_ratio:.2f} HF SegFormer-B0" if hf_ratio is not None else "")
-            )
     peer = result.get("hf_segformer_b0")
     if peer:
         lines.append(
@@ -228,6 +219,15 @@ def format_markdown(result: dict) -> str:
                 f"Our segformer-b0 (linear) vs the Hugging Face peer, timed interleaved: "
                 f"×{peer['ours_linear_over_hf_latency']:.2f} its latency (median of per-round ratios).",
             ]
+    cross = [row for row in result["models"] if "offset_over_segformer_b0_offset" in row]
+    if cross:
+        lines += ["", "Offset variants against SegFormer-B0 (offset) and the Hugging Face peer (paired, interleaved):"]
+        for row in cross:
+            hf_ratio = row.get("offset_over_hf_segformer_b0")
+            lines.append(
+                f"- {row['model']}: ×{row['offset_over_segformer_b0_offset']:.2f} our SegFormer-B0-OL"
+                + (f", ×{hf_ratio:.2f} HF SegFormer-B0" if hf_ratio is not None else "")
+            )
     ol = result.get("offset_learning_paths")
     if ol:
         lines += [
