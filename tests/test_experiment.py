@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -139,22 +141,25 @@ def finished_grid(tmp_path_factory, fmnist):
 
 def test_runner_appends_records_and_skips_finished_runs(finished_grid):
     base, budget, arms, results, root, written = finished_grid
-    assert [r["arm"] for r in written] == ["linear@0.5", "offset@0.5"]
-    records = [json.loads(line) for line in lines(results)]
-    assert records == json.loads(json.dumps(written))
+    assert [r.arm for r in written] == ["linear@0.5", "offset@0.5"]
+    # the file holds each record's to_dict, and reads back to equal records
+    assert [json.loads(line) for line in lines(results)] == [r.to_dict() for r in written]
+    records = ex.read_results(results)
+    assert records == written
     lin, off = records
-    assert lin["budget"] == off["budget"] == budget.to_dict() and lin["seed"] == off["seed"] == 0
-    assert off["classifier_options"] == ex.VARIANTS["offset"].options and off["style"] == 0.5
-    assert lin["classifier"] == "linear" and lin["classifier_options"] == {}
-    assert lin["steps"] == off["steps"] == 3 and lin["val"]["scenes"] == 8
-    assert 0.0 <= lin["val"]["mIoU"] <= 1.0 and 0.0 <= off["val"]["aAcc"] <= 1.0
-    assert len(lin["val"]["per_class_IoU"]) == 11 and "background" in lin["val"]["per_class_IoU"]
+    assert lin.budget == off.budget == budget and lin.seed == off.seed == 0
+    assert off.classifier_options == ex.VARIANTS["offset"].options and off.style == 0.5
+    assert (lin.scene, lin.scene_options) == ("", {})
+    assert lin.classifier == "linear" and lin.classifier_options == {}
+    assert lin.steps == off.steps == 3 and lin.val.scenes == 8
+    assert 0.0 <= lin.val.mIoU <= 1.0 and 0.0 <= off.val.aAcc <= 1.0
+    assert len(lin.val.per_class_IoU) == 11 and "background" in lin.val.per_class_IoU
     # same decoder (C = 128); OL's K*C + 2*C^2 + 2K parameters replace the 1x1 conv's K*C + K
-    assert off["params"] - lin["params"] == 2 * 128 * 128 + 11
-    assert lin["wall_time_s"] > 0 and lin["resumed"] is False and lin["machine"]["threads"] == 1
-    assert "git_commit" in lin and not lin["run_dir"].startswith("/")
+    assert off.params - lin.params == 2 * 128 * 128 + 11
+    assert lin.wall_time_s > 0 and lin.resumed is False and lin.machine["threads"] == 1
+    assert lin.git_commit and not lin.run_dir.startswith("/")
     # finished runs keep only their best weights (no optimiser state)
-    run_dir = root / "runs" / lin["run_dir"]
+    run_dir = root / "runs" / lin.run_dir
     assert (run_dir / "best.safetensors").is_file() and not (run_dir / "last.state.pt").exists()
 
     before = results.read_bytes()
@@ -179,11 +184,11 @@ def test_interrupted_grid_resumes_and_matches_an_uninterrupted_run(finished_grid
     assert [s for _, _, s in ex.status(budget, arms, [0], results, work)] == ["done", "partial (step 2)"]
 
     resumed = ex.run_grid(base, budget, arms, [0], results, work, log=lambda s: None)
-    assert [r["arm"] for r in resumed] == ["offset@0.5"] and resumed[0]["resumed"] is True
-    assert resumed[0]["steps"] == 3 and len(lines(results)) == 2
+    assert [r.arm for r in resumed] == ["offset@0.5"] and resumed[0].resumed is True
+    assert resumed[0].steps == 3 and len(lines(results)) == 2
     # the resumed run computes what the uninterrupted one did
-    assert resumed[0]["val"] == off["val"]
-    assert resumed[0]["train_loss_final"] == pytest.approx(off["train_loss_final"], rel=1e-6)
+    assert resumed[0].val == off.val
+    assert resumed[0].train_loss_final == pytest.approx(off.train_loss_final, rel=1e-6)
 
 
 def test_analysis_of_a_finished_pair_reads_its_checkpoints(finished_grid):
@@ -250,33 +255,57 @@ def test_analysis_known_values_on_a_tiny_synthetic_pair():
 # results file and table
 
 
-def record(arm, seed, miou, budget=None, params=1000, wall=60.0, loss=0.2):
-    variant, _, style = arm.partition("@")
-    style, _, scene = style.partition("+")
-    return {
-        "arm": arm,
-        "variant": variant,
-        "style": float(style),
-        "scene": scene,
-        "seed": seed,
-        "budget": budget
-        or {
-            "iters": 10,
-            "batch_size": 2,
-            "size": 32,
-            "val_scenes": 8,
-            "train_scenes": 8,
-            "warmup_iters": 1,
-            "config": "offseg-mbv2_fashion-scenes",
-            "overrides": [],
-        },
-        "val": {"mIoU": miou, "aAcc": 0.9, "mAcc": 0.5, "scenes": 8},
-        "params": params,
-        "wall_time_s": wall,
-        "train_loss_final": loss,
-        "machine": {"cpu": "Test CPU", "threads": 2, "torch": "2.x"},
-        "git_commit": "abcdef1234567",
-    }
+TABLE_BUDGET = ex.Budget(
+    iters=10, batch_size=2, size=32, val_scenes=8, train_scenes=8, warmup_iters=1, config="offseg-mbv2_fashion-scenes"
+)
+
+
+def record(arm, seed, miou, budget=TABLE_BUDGET, params=1000, wall=60.0, loss=0.2) -> ex.RunRecord:
+    """A finished run as the table sees it (the fields the table does not read hold plain values)."""
+    a = ex.parse_arms([arm])[0]
+    return ex.RunRecord(
+        arm=arm,
+        variant=a.variant,
+        style=a.style,
+        scene=a.scene,
+        scene_options=a.scene_options,
+        seed=seed,
+        classifier=a.spec.classifier,
+        classifier_options=dict(a.spec.options),
+        paper=a.spec.paper,
+        model="offseg-mbv2",
+        budget=budget,
+        budget_key=budget.key(),
+        steps=budget.iters,
+        val=ex.ValScores(scenes=8, mIoU=miou, aAcc=0.9, mAcc=0.5, per_class_IoU={"background": 0.9}),
+        train_loss_final=loss,
+        logit_scale=None,
+        params=params,
+        wall_time_s=wall,
+        resumed=False,
+        machine={"cpu": "Test CPU", "threads": 2, "torch": "2.x"},
+        git_commit="abcdef1234567",
+        generator_version="2.1",
+        run_dir=f"{a.slug}/seed{seed}-{budget.key()}",
+        finished="2026-01-01T00:00:00+0000",
+    )
+
+
+def test_shipped_results_round_trip_through_run_records():
+    """Every line of the shipped results file reads into a RunRecord and writes back as the same JSON
+    (same keys, same order, same values), old lines without scene presets included."""
+    path = Path(__file__).resolve().parents[1] / "docs" / "experiment" / "results.jsonl"
+    text = path.read_text(encoding="utf-8").splitlines()
+    assert text, f"{path} is empty"
+    for number, line in enumerate(text, 1):
+        row = json.loads(line)
+        again = ex.RunRecord.from_dict(row).to_dict()
+        assert again == row, number
+        assert json.dumps(again) == json.dumps(row), number  # key order too: the file is rewritten as is
+    old = [json.loads(line) for line in text if "scene" not in json.loads(line)]
+    assert old and ex.RunRecord.from_dict(old[0]).scene is None  # older than presets: stays without
+    with pytest.raises(TypeError, match="unknown run record keys"):
+        ex.RunRecord.from_dict({**json.loads(text[0]), "mIoU": 0.5})
 
 
 def test_append_is_whole_lines_and_the_reader_skips_damage(tmp_path):
@@ -284,11 +313,14 @@ def test_append_is_whole_lines_and_the_reader_skips_damage(tmp_path):
     ex.append_result(path, record("linear@0.5", 0, 0.5))
     path.write_text(path.read_text() + '{"arm": "linear@0.5", "se')  # a damaged, unterminated line
     ex.append_result(path, record("linear@0.5", 1, float("nan")))
-    assert len(lines(path)) == 3 and lines(path)[2].startswith("{")
-    with pytest.warns(UserWarning, match=r"r.jsonl:2 is not an experiment record"):
+    path.write_text(path.read_text() + json.dumps({**record("linear@0.5", 2, 0.5).to_dict(), "extra": 1}) + "\n")
+    assert len(lines(path)) == 4 and lines(path)[2].startswith("{")
+    with pytest.warns(UserWarning, match=r"r.jsonl:[24] is not an experiment record") as warned:
         records = ex.read_results(path)
-    assert [r["seed"] for r in records] == [0, 1]
-    assert records[1]["val"]["mIoU"] is None  # NaN is written as null (strict JSON)
+    # line 2 is damaged, line 4 has a key no run record has
+    assert sorted(str(w.message).split(" is not")[0][-1] for w in warned) == ["2", "4"]
+    assert [r.seed for r in records] == [0, 1]
+    assert records[1].val.mIoU is None  # NaN is written as null (strict JSON)
 
 
 def test_table_pairs_scene_preset_arms_with_their_own_baseline(tmp_path):
@@ -312,7 +344,7 @@ def test_table_pairs_scene_preset_arms_with_their_own_baseline(tmp_path):
 
 
 def test_table_means_stds_and_paired_differences(tmp_path):
-    other_budget = {**record("linear@0.5", 0, 0)["budget"], "iters": 20}
+    other_budget = dataclasses.replace(TABLE_BUDGET, iters=20)
     records = [
         record("offset@0.5", 0, 0.51, params=1100, wall=120.0, loss=0.21),
         record("linear@0.5", 0, 0.50),
@@ -364,7 +396,7 @@ def test_table_means_stds_and_paired_differences(tmp_path):
 
 def test_pairs_form_only_within_one_commit_and_generator_version(tmp_path):
     def at(rec, commit, generator="2.1"):
-        return {**rec, "git_commit": commit, "generator_version": generator}
+        return dataclasses.replace(rec, git_commit=commit, generator_version=generator)
 
     records = [
         at(record("linear@1", 0, 0.50), "aaa"),
@@ -386,8 +418,8 @@ def test_pairs_form_only_within_one_commit_and_generator_version(tmp_path):
     assert off.miou_mean == pytest.approx((0.60 + 0.45 + 0.35) / 3)  # seed 1 counts its paired run
     assert "seeds 0, 2 not paired (runs at different commits)" in ex.format_table(summary)
     # the runner's identity of a run includes both, so a straddling pair is run again
-    assert ex.run_key("offset@1", 0, records[0]["budget"], "aaa", "2.1") != ex.run_key(
-        "offset@1", 0, records[0]["budget"], "bbb", "2.1"
+    assert ex.run_key("offset@1", 0, records[0].budget, "aaa", "2.1") != ex.run_key(
+        "offset@1", 0, records[0].budget, "bbb", "2.1"
     )
 
 
@@ -436,9 +468,9 @@ def test_cli_analyse_writes_the_analysis_page(finished_grid, tmp_path, capsys):
 
 
 def test_budget_curve_orders_budgets_by_length_and_keeps_one_setup(tmp_path, capsys):
-    base = record("linear@0.5", 0, 0)["budget"]
-    at = {n: {**base, "iters": n, "warmup_iters": n // 10} for n in (10, 30, 20)}
-    other_shape = {**base, "iters": 40, "size": 64}  # not the same set-up: left out of the curve
+    base = TABLE_BUDGET
+    at = {n: dataclasses.replace(base, iters=n, warmup_iters=n // 10) for n in (10, 30, 20)}
+    other_shape = dataclasses.replace(base, iters=40, size=64)  # not the same set-up: left out of the curve
     path = tmp_path / "r.jsonl"
     for n, b in at.items():
         for seed, (lin, off) in enumerate([(0.40, 0.40 + n / 1000), (0.50, 0.50 + n / 500)]):
@@ -447,7 +479,7 @@ def test_budget_curve_orders_budgets_by_length_and_keeps_one_setup(tmp_path, cap
     ex.append_result(path, record("linear@0.5+looks", 0, 0.1, budget=other_shape))
     ex.append_result(path, record("offset@0.5+looks", 0, 0.9, budget=other_shape))
     summaries = ex.summarise(ex.read_results(path))
-    points = budget_curve([s for s in summaries if s.budget["size"] == base["size"]], "offset@0.5+looks")
+    points = budget_curve([s for s in summaries if s.budget["size"] == base.size], "offset@0.5+looks")
     assert [p.iters for p in points] == [10, 20, 30]
     # seed deltas n/1000 and n/500: mean 1.5 n / 1000
     assert [p.delta_mean for p in points] == [pytest.approx(1.5 * n / 1000) for n in (10, 20, 30)]
@@ -456,7 +488,29 @@ def test_budget_curve_orders_budgets_by_length_and_keeps_one_setup(tmp_path, cap
     assert [p.iters for p in budget_curve(summaries, "offset@0.5+looks")] == [40]
 
     doc, figures = tmp_path / "experiment.md", tmp_path / "figures"
-    assert main(["bench", "experiment", "--table", "--results", str(path), "--doc", str(doc),
+    assert main(["experiment", "--table", "--results", str(path), "--doc", str(doc),
                  "--curve", "offset@0.5+looks"]) == 0  # fmt: skip
     assert "## Budget curve of `offset@0.5+looks`" in doc.read_text()
     assert (figures / "experiment_budget_offset_style0.5+looks.png").stat().st_size > 1000
+
+
+def test_bench_experiment_is_an_alias_that_names_the_new_command(tmp_path, capsys):
+    from offseg_vis.bench.commands import register as register_bench
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="cmd")
+    register_bench(sub)
+    ex.register(sub)
+    results = tmp_path / "r.jsonl"
+    ex.append_result(results, record("linear@0", 0, 0.5))
+    outputs = []
+    for argv in (["experiment"], ["bench", "experiment"]):
+        doc = tmp_path / f"{len(outputs)}.md"
+        args = parser.parse_args([*argv, "--table", "--results", str(results), "--doc", str(doc)])
+        assert args.func(args) == 0
+        captured = capsys.readouterr()
+        outputs.append((doc.read_text(), captured.err.splitlines()))
+    (new_doc, new_err), (old_doc, old_err) = outputs
+    assert new_doc == old_doc and "Generated by `offseg experiment --table`" in new_doc
+    assert old_err[0] == "`offseg bench experiment` is now `offseg experiment`; running that."
+    assert not any("is now" in line for line in new_err)

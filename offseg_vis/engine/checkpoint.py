@@ -30,6 +30,7 @@ from offseg_vis.data.class_names import Classes, classes_for, dataset_key, gener
 from offseg_vis.data.fashion_scenes import CLASSES as FASHION_SCENES_CLASSES
 from offseg_vis.data.fashion_scenes import PALETTE as FASHION_SCENES_PALETTE
 from offseg_vis.errors import CheckpointError, ConfigError
+from offseg_vis.models import build_model
 from offseg_vis.models.convert import CONVERTED_FROM
 from offseg_vis.models.weights import (
     _atomic_write,
@@ -236,8 +237,6 @@ def load_model(
         (K), ``palette`` (K ``[r, g, b]``) and ``classes_source`` (where they came from, see
         :func:`card_classes`; print it when the names are not the card's own).
     """
-    from offseg_vis.models.zoo import build_model
-
     meta = read_metadata(path)
     name, num_classes = meta.get("model"), meta.get("num_classes")
     if not name or num_classes is None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from offseg_vis.bench.model_cost import count_gmacs, count_parameters
 from offseg_vis.bench.timing import environment
+from offseg_vis.data.fashion_scenes import GENERATOR_VERSION, FashionScenesConfig
 from offseg_vis.engine.checkpoint import git_commit, load_model
 from offseg_vis.engine.config import from_dict
 from offseg_vis.engine.run import datasets_for, evaluate_split
@@ -34,8 +35,6 @@ def _data_provenance(config: dict) -> dict[str, Any]:
     data = config.get("data", {})
     out: dict[str, Any] = {"dataset": data.get("dataset"), "seed": config.get("runtime", {}).get("seed")}
     if data.get("dataset") == "fashion-scenes":
-        from offseg_vis.data.fashion_scenes import GENERATOR_VERSION, FashionScenesConfig
-
         defaults = FashionScenesConfig()
         options = {**data.get("dataset_options", {})}
         out.update(

@@ -53,8 +53,8 @@ from offseg_vis.engine.optim import build_optimizer, build_scheduler
 from offseg_vis.engine.run import DataSplit, datasets_for
 from offseg_vis.engine.runtime import DistInfo, RunLogger, amp_setup, mean_across, setup_distributed
 from offseg_vis.errors import ConfigError, OffSegError
+from offseg_vis.models import build_model
 from offseg_vis.models.weights import describe_model, load_weights
-from offseg_vis.models.zoo import build_model
 
 Callback = Callable[..., None]
 

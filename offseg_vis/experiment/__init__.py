@@ -25,9 +25,10 @@ and learned class / feature offsets fix it. This module tests it with identical 
   checkpoints and writes ``docs/experiment_analysis.md``.
 
 Modules: ``arms`` (variants, scene presets, arms, groups), ``budget`` (what runs share, one
-run's config), ``results`` (the JSON-lines file), ``runner`` (train + evaluate, resumable), ``table`` (the
-Markdown summary), ``analysis`` (the misalignment analysis of finished runs), ``cli``
-(``offseg experiment``).
+run's config), ``record`` (:class:`RunRecord`, one line of the results file), ``results`` (the
+JSON-lines file), ``runner`` (train + evaluate, resumable), ``table`` (the Markdown summary),
+``curve`` (Δ against the budget), ``analysis`` (the misalignment analysis of finished runs),
+``cli`` (``offseg experiment``).
 """
 
 from offseg_vis.experiment.analysis import (
@@ -72,8 +73,10 @@ from offseg_vis.experiment.budget import (
 )
 from offseg_vis.experiment.cli import (
     experiment_command,
+    register,
     register_experiment,
 )
+from offseg_vis.experiment.record import RunRecord, ValScores
 from offseg_vis.experiment.results import (
     append_result,
     done_keys,
@@ -131,6 +134,8 @@ __all__ = [
     "resolve_config_path",
     "run_config",
     "run_dir_for",
+    "RunRecord",
+    "ValScores",
     "append_result",
     "done_keys",
     "read_results",
@@ -147,5 +152,6 @@ __all__ = [
     "grid_command",
     "summarise",
     "experiment_command",
+    "register",
     "register_experiment",
 ]

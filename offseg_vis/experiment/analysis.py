@@ -25,6 +25,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from offseg_vis.analysis import (
+    compare_to_baseline,
+    correction_map,
+    misalignment_suite,
+    offset_effect,
+    per_class_table,
+    probe,
+    summary_table,
+)
+from offseg_vis.analysis.corrections import CODE_NAMES, total_class_counts
+from offseg_vis.data.fashion_scenes import CLASSES
+from offseg_vis.engine.checkpoint import checkpoint_weights, load_model
+from offseg_vis.engine.run import datasets_for
 from offseg_vis.errors import ConfigError
 from offseg_vis.experiment.arms import Arm
 from offseg_vis.experiment.budget import DEFAULT_WORK_DIR, Budget, run_config, run_dir_for
@@ -88,8 +101,6 @@ class ArmAnalysis:
 
 
 def _weights(work_root: str | os.PathLike, arm: Arm, seed: int, budget: Budget) -> Path:
-    from offseg_vis.engine.checkpoint import checkpoint_weights
-
     run_dir = run_dir_for(work_root, arm, seed, budget)
     for tag in ("best", "last"):
         path = checkpoint_weights(run_dir, tag)
@@ -115,11 +126,6 @@ def analyse_arm(
     Raises:
         ConfigError: the arm is not an Offset Learning arm, or a run's weights are missing.
     """
-    from offseg_vis.analysis import probe
-    from offseg_vis.data.fashion_scenes import CLASSES
-    from offseg_vis.engine.checkpoint import load_model
-    from offseg_vis.engine.run import datasets_for
-
     if arm.spec.classifier != "offset":
         raise ConfigError(f"--analyse compares an Offset Learning arm with its baseline; {arm.id} is per-pixel.")
     offset_path = _weights(work_root, arm, seed, budget)
@@ -139,9 +145,6 @@ def summarise_pair(
     arm: str, baseline: str, seed: int, offset_probes, linear_probes, class_names, **misalignment_options
 ) -> ArmAnalysis:
     """The analysis of an offset model and its per-pixel twin from their probes on the same labelled images."""
-    from offseg_vis.analysis import compare_to_baseline, correction_map, misalignment_suite, offset_effect
-    from offseg_vis.analysis.corrections import CODE_NAMES, total_class_counts
-
     reports = misalignment_suite(offset_probes, linear_probes, class_names, **misalignment_options)
     counts, order = total_class_counts([correction_map(p) for p in offset_probes])  # (K, codes)
     return ArmAnalysis(
@@ -158,8 +161,6 @@ def summarise_pair(
 
 def format_analysis(analyses: Sequence[ArmAnalysis], budget: Budget, command: str) -> str:
     """``docs/experiment_analysis.md``: one summary table, then one section per (arm, seed)."""
-    from offseg_vis.analysis import per_class_table, summary_table
-
     lines = [
         "# Why the offsets did or did not help: the misalignment analysis of experiment runs",
         "",

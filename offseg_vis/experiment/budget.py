@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from offseg_vis.engine.config import resolve_config
+from offseg_vis.data.fashion_scenes import FashionScenesConfig
+from offseg_vis.engine.config import load_config, resolve_config
 from offseg_vis.errors import ConfigError
 from offseg_vis.experiment.arms import Arm
 
@@ -133,8 +134,6 @@ def load_base(
         ConfigError: a bad file, key or value, a dataset other than fashion-scenes, or a
             non-positive budget number.
     """
-    from offseg_vis.engine.config import load_config
-
     path = resolve_config_path(config_path)
     ident = identity_overrides(overrides)
     # TensorBoard files are clutter for 27 short runs; an explicit override still wins.
@@ -176,8 +175,6 @@ def generator_options(base_options: dict, size: int, style: float, seed: int) ->
         size: scene side (item sizes scale with it unless the config fixes them).
         style, seed: the arm's style and the split's generator seed.
     """
-    from offseg_vis.data.fashion_scenes import FashionScenesConfig
-
     params = {**base_options, "style": float(style), "seed": int(seed)}
     params.pop("size", None)
     return dataclasses.asdict(FashionScenesConfig.for_size(int(size), **params))

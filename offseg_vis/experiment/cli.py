@@ -28,6 +28,7 @@ from offseg_vis.experiment.curve import budget_curve, format_curve, plot_curve
 from offseg_vis.experiment.results import read_results
 from offseg_vis.experiment.runner import run_grid, status
 from offseg_vis.experiment.table import format_doc, grid_command, summarise
+from offseg_vis.models.weights import atomic_write_text
 
 
 class _ListThenOverrides(argparse.Action):
@@ -130,8 +131,6 @@ def _seeds(values: Sequence[str]) -> list[int]:
 def experiment_command(args: argparse.Namespace) -> int:
     """Entry point of ``offseg experiment``."""
     if args.table:
-        from offseg_vis.models.weights import atomic_write_text
-
         summaries = summarise(read_results(args.results))
         text = format_doc(summaries, args.results)
         for arm_id in args.curve or ():
@@ -173,8 +172,6 @@ def _curve_section(summaries, arm_id: str, args: argparse.Namespace) -> str:
 
 
 def _analyse(args: argparse.Namespace, base, budget, arms, seeds) -> int:
-    from offseg_vis.models.weights import atomic_write_text
-
     if args.analysis_images < 1:
         raise ConfigError(f"--analysis-images must be positive, got {args.analysis_images}.")
     targets = [a for a in arms if a.spec.classifier == "offset"]

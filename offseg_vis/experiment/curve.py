@@ -69,7 +69,7 @@ def format_curve(arm: str, points: Sequence[CurvePoint]) -> str:
 
 def plot_curve(arm: str, points: Sequence[CurvePoint], path: str | os.PathLike | None = None):
     """Figure of Δ vs iterations with 95 % CIs and each seed's difference; saved to ``path`` if given."""
-    import matplotlib
+    import matplotlib  # imported here: heavy (about a second), needed only to draw the figure
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from offseg_vis.experiment.budget import Budget
+from offseg_vis.experiment.record import RunRecord
+from offseg_vis.models.weights import atomic_write_text
 
 
 def run_key(
@@ -26,10 +28,10 @@ def run_key(
     return json.dumps([arm_id, int(seed), b, commit, generator], sort_keys=True)
 
 
-def read_results(path: str | os.PathLike) -> list[dict]:
+def read_results(path: str | os.PathLike) -> list[RunRecord]:
     """Every complete record of a results file (missing file: none).
 
-    A line that is not a JSON object (e.g. a hand edit gone wrong) is skipped with a warning that
+    A line that is not a run record (e.g. a hand edit gone wrong) is skipped with a warning that
     names its line number; it never stops the table or the grid.
     """
     path = Path(path)
@@ -40,19 +42,17 @@ def read_results(path: str | os.PathLike) -> list[dict]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except ValueError:
-            record = None
-        if not isinstance(record, dict) or not {"arm", "seed", "budget"} <= set(record):
+            record = RunRecord.from_dict(json.loads(line))
+        except (ValueError, KeyError, TypeError, AttributeError):
             warnings.warn(f"{path}:{number} is not an experiment record; it is ignored.", stacklevel=2)
             continue
         records.append(record)
     return records
 
 
-def done_keys(records: Iterable[dict]) -> set[str]:
+def done_keys(records: Iterable[RunRecord]) -> set[str]:
     """Run keys of the records."""
-    return {run_key(r["arm"], r["seed"], r["budget"], r.get("git_commit"), r.get("generator_version")) for r in records}
+    return {run_key(r.arm, r.seed, r.budget, r.git_commit, r.generator_version) for r in records}
 
 
 @contextlib.contextmanager
@@ -61,7 +61,7 @@ def _locked(path: Path):
 
     Locking the folder itself (flock works on a directory) leaves no lock file beside the results.
     """
-    try:
+    try:  # imported here: fcntl exists only on POSIX
         import fcntl
     except ImportError:  # Windows: no lock; the rename in append_result still keeps the file whole
         yield
@@ -86,16 +86,14 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def append_result(path: str | os.PathLike, record: dict) -> None:
-    """Add ``record`` as one JSON line.
+def append_result(path: str | os.PathLike, record: RunRecord) -> None:
+    """Add ``record`` as one JSON line (:meth:`RunRecord.to_dict`; NaN/inf written as null).
 
     The file is rewritten to a temporary file and renamed into place, so a reader or a crash sees
     the old file or the new one, never a partial line; a missing final newline is repaired.
     """
-    from offseg_vis.models.weights import atomic_write_text
-
     path = Path(path)
-    line = json.dumps(_clean(record), allow_nan=False)  # key order kept: per-class IoU in class order
+    line = json.dumps(_clean(record.to_dict()), allow_nan=False)  # key order kept: per-class IoU in class order
     with _locked(path):
         old = path.read_text(encoding="utf-8") if path.is_file() else ""
         if old and not old.endswith("\n"):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from offseg_vis.experiment.arms import DEFAULT_GRID, SCENES, VARIANTS, Arm
 from offseg_vis.experiment.budget import DEFAULT_CONFIG, DEFAULT_RESULTS, Budget
+from offseg_vis.experiment.record import RunRecord
 
 
 @dataclass
@@ -87,7 +88,7 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, flo
 
     None when there are fewer than two values (no spread to estimate).
     """
-    from scipy.stats import t as student_t
+    from scipy.stats import t as student_t  # imported here: scipy.stats is heavy, needed only for intervals
 
     xs = _finite(values)
     if len(xs) < 2:
@@ -97,12 +98,12 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, flo
     return (m - half, m + half)
 
 
-def code_version(record: dict) -> tuple[str | None, str | None]:
+def code_version(record: RunRecord) -> tuple[str | None, str | None]:
     """(git commit, scene generator version) of a run: runs pair only within one code version."""
-    return (record.get("git_commit"), record.get("generator_version"))
+    return record.code_version
 
 
-def _pair(runs: list[dict], baseline_runs: list[dict]) -> tuple[dict, dict] | None:
+def _pair(runs: list[RunRecord], baseline_runs: list[RunRecord]) -> tuple[RunRecord, RunRecord] | None:
     """The (arm run, baseline run) made by the same code; the latest such code version wins.
 
     Each list holds one seed's runs in file order; within one code version the first run counts.
@@ -122,14 +123,13 @@ def _pair(runs: list[dict], baseline_runs: list[dict]) -> tuple[dict, dict] | No
     return found
 
 
-def _arm_order(record: dict) -> tuple:
+def _arm_order(record: RunRecord) -> tuple:
     variants = list(VARIANTS)
-    v = record["variant"] if record.get("variant") in variants else None
-    scene = record.get("scene", "")
-    return (scene, float(record["style"]), variants.index(v) if v else len(variants), record["arm"])
+    v = record.variant if record.variant in variants else None
+    return (record.scene_name, float(record.style), variants.index(v) if v else len(variants), record.arm)
 
 
-def summarise(records: Iterable[dict]) -> list[BudgetSummary]:
+def summarise(records: Iterable[RunRecord]) -> list[BudgetSummary]:
     """Group records by budget, then by arm; compute means, stds and paired differences vs linear.
 
     A seed's difference pairs the arm's run with the baseline's run of the same code version
@@ -137,14 +137,15 @@ def summarise(records: Iterable[dict]) -> list[BudgetSummary]:
     arm's mIoU at that seed is the paired run's. Otherwise the first run of the seed counts for the
     mean. Records without a val mIoU are left out.
     """
-    groups: dict[str, dict[str, dict[int, list[dict]]]] = {}
+    groups: dict[str, dict[str, dict[int, list[RunRecord]]]] = {}
     budgets: dict[str, dict] = {}
     for r in records:
-        if r.get("val", {}).get("mIoU") is None:
+        if r.val.mIoU is None:
             continue
-        bkey = json.dumps(r["budget"], sort_keys=True)
-        budgets.setdefault(bkey, r["budget"])
-        groups.setdefault(bkey, {}).setdefault(r["arm"], {}).setdefault(int(r["seed"]), []).append(r)
+        budget = r.budget.to_dict()
+        bkey = json.dumps(budget, sort_keys=True)
+        budgets.setdefault(bkey, budget)
+        groups.setdefault(bkey, {}).setdefault(r.arm, {}).setdefault(int(r.seed), []).append(r)
     out = []
     for bkey, arms in groups.items():
         rows = []
@@ -153,25 +154,25 @@ def summarise(records: Iterable[dict]) -> list[BudgetSummary]:
         all_runs = [r for by_seed in arms.values() for runs in by_seed.values() for r in runs]
         machines = sorted(
             {
-                f"{r['machine'].get('cpu')}, {r['machine'].get('threads')} threads, torch {r['machine'].get('torch')}"
+                f"{r.machine.get('cpu')}, {r.machine.get('threads')} threads, torch {r.machine.get('torch')}"
                 for r in all_runs
-                if r.get("machine")
+                if r.machine
             }
         )
-        commits = sorted({(r.get("git_commit") or "unknown")[:10] for r in all_runs})
+        commits = sorted({(r.git_commit or "unknown")[:10] for r in all_runs})
         out.append(BudgetSummary(budgets[bkey], rows, machines, commits))
     return out
 
 
-def _summarise_arm(arm_id: str, by_seed: dict[int, list[dict]], arms: dict) -> ArmSummary:
+def _summarise_arm(arm_id: str, by_seed: dict[int, list[RunRecord]], arms: dict) -> ArmSummary:
     first = next(iter(by_seed.values()))[0]
-    style = float(first["style"])
-    baseline = arms.get(Arm("linear", style, first.get("scene", "")).id, {})
+    style = float(first.style)
+    baseline = arms.get(Arm("linear", style, first.scene_name).id, {})
     seeds = sorted(by_seed)
     chosen = {s: by_seed[s][0] for s in seeds}
     paired: list[tuple[int, float]] = []
     straddling: list[int] = []
-    is_linear = first.get("variant") == "linear"
+    is_linear = first.variant == "linear"
     if not is_linear:
         for s in seeds:
             if s not in baseline:
@@ -181,23 +182,23 @@ def _summarise_arm(arm_id: str, by_seed: dict[int, list[dict]], arms: dict) -> A
                 straddling.append(s)
                 continue
             chosen[s] = pair[0]
-            paired.append((s, pair[0]["val"]["mIoU"] - pair[1]["val"]["mIoU"]))
+            paired.append((s, pair[0].val.mIoU - pair[1].val.mIoU))
     runs = [chosen[s] for s in seeds]
     deltas = [d for _, d in paired]
-    losses = [r["train_loss_final"] for r in runs if r.get("train_loss_final") is not None]
+    losses = [r.train_loss_final for r in runs if r.train_loss_final is not None]
     return ArmSummary(
         arm=arm_id,
-        variant=first.get("variant", arm_id.split("@")[0]),
+        variant=first.variant,
         style=style,
         seeds=seeds,
-        miou_mean=_mean([r["val"]["mIoU"] for r in runs]),
-        miou_std=_std([r["val"]["mIoU"] for r in runs]),
-        aacc_mean=_mean([r["val"].get("aAcc") for r in runs]),
+        miou_mean=_mean([r.val.mIoU for r in runs]),
+        miou_std=_std([r.val.mIoU for r in runs]),
+        aacc_mean=_mean([r.val.aAcc for r in runs]),
         delta_mean=_mean(deltas) if deltas else None,
         delta_std=_std(deltas) if deltas else None,
         n_pairs=len(deltas),
-        params=first.get("params"),
-        wall_mean_s=_mean([r.get("wall_time_s") for r in runs]),
+        params=first.params,
+        wall_mean_s=_mean([r.wall_time_s for r in runs]),
         loss_mean=_mean(losses) if losses else None,
         seed_deltas=paired,
         straddling=straddling,
