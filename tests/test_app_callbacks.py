@@ -20,7 +20,7 @@ from offseg_vis.analysis import offsets
 from offseg_vis.analysis.compare import OUTCOME_COLORS, compare_to_baseline
 from offseg_vis.analysis.corrections import BROKEN, CODE_COLORS, FIXED, UNCHANGED, correction_map
 from offseg_vis.analysis.probe import probe
-from offseg_vis.app import callbacks, render
+from offseg_vis.app import callbacks, pixels, render
 from offseg_vis.app.callbacks import AppContext, AppSettings
 from offseg_vis.app.embedding_budget import EmbeddingSettings, UmapTimer
 from offseg_vis.app.examples import ExampleMasks, example_images, mask_path
@@ -384,26 +384,18 @@ def test_linear_model_has_no_offset_panels_and_is_compared_with_its_offset_twin(
 
 
 def test_embedding_panel_pca_and_budget_choice(ctx, segmented):
-    from offseg_vis.analysis.embedding import embed_pixels
-    from offseg_vis.analysis.plots import figure_to_array, plot_joint_embedding
-
-    picture, text = callbacks.embedding_panel(ctx, segmented.analysis, "pca")
+    panel = callbacks.map_panel(ctx, segmented.analysis, "pca")
+    m = segmented.analysis.image_map
+    p = segmented.analysis.probe
+    h, w = p.feature_size
     settings = ctx.settings.embedding
-    entry = ctx.registry.get(None)
-    emb = embed_pixels(
-        [callbacks.full_probe(ctx, segmented.analysis)],
-        max_points=settings.pca_points,
-        seed=0,
-        method="pca",
-        n_epochs=settings.n_epochs,
-        n_arrows=settings.n_arrows,
-    )
-    expected = figure_to_array(plot_joint_embedding(emb, entry.class_names, entry.palette, point_size=5.0))
-    np.testing.assert_array_equal(picture, expected)  # the panel is exactly the analysis figure
-    assert f"{emb.params['points']:,} points" in text
-    assert text.startswith("PCA") and "points" in text
+    assert m.method == "pca" and m.embedding.params["points"] == 2 * len(m)  # E and E′ of every map cell
+    assert len(m) <= settings.pca_points // 2 and m.stride == pixels.map_stride((h, w), settings.pca_points // 2)
+    assert panel.maps.text.startswith("PCA") and f"{len(m):,} pixels" in panel.maps.text
+    assert len(panel.maps.before) == len(m) + len(ctx.registry.get(None).class_names)  # points + W markers
+    assert callbacks.map_panel(ctx, segmented.analysis, "pca") and segmented.analysis.image_map is m  # kept
     with pytest.raises(InputError, match="Unknown embedding method"):
-        callbacks.embedding_panel(ctx, segmented.analysis, "tsne")
+        callbacks.map_panel(ctx, segmented.analysis, "tsne")
     timer = UmapTimer(EmbeddingSettings(budget_s=5.0, fit_share=0.6))
     assert timer.choose("auto", 2000)[0] == "pca"  # not calibrated yet
     timer.record(2000, 1.0)  # 0.5 ms per point -> 1 s for 2000 points

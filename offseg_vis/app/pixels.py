@@ -298,7 +298,7 @@ def map_frame(
     kind = names[shown]
     if chosen is not None:
         kind = np.where(shown == chosen, kind, OTHER)
-    pixel = np.char.add(np.char.add("(", image_map.x.astype(str)), np.char.add(", ", image_map.y.astype(str)))
+    pixel = [f"({a}, {b})" for a, b in zip(image_map.x.tolist(), image_map.y.tolist())]
     truth = np.full(len(image_map), "—", dtype=object) if image_map.label is None else names[shown]
     base = pd.DataFrame(
         {
@@ -307,7 +307,7 @@ def map_frame(
             "kind": kind,
             "class": truth,
             "predicted": names[image_map.predicted],
-            "pixel": pixel.astype(object),
+            "pixel": pixel,
             "correct": image_map.correct_words(),
         }
     )
