@@ -271,7 +271,7 @@ def test_model_logits_equal_the_previous_implementation(monkeypatch, name):
     summation order, and the deepest reduction chain is the backbone (factor 64 for its depth).
     """
     import offseg_vis.models.freqfusion as ff
-    from offseg_vis.models.zoo import build_model
+    from offseg_vis.models import build_model
 
     torch.manual_seed(0)
     model = build_model(name, num_classes=19, classifier="offset").eval()
@@ -407,3 +407,13 @@ def test_efficientformer_bias_cache_never_serves_stale_biases():
         assert resized.shape[-2:] == (nq // 4, nq // 4)
     with_grad = m.relative_bias(nq, nq)
     assert with_grad.requires_grad and torch.equal(with_grad, second)
+
+
+def test_carafe_graph_path_matches_the_definition(monkeypatch):
+    """The unfold + einsum form used while a graph is recorded (ONNX export) is the same CARAFE."""
+    import offseg_vis.models.freqfusion as ff
+
+    monkeypatch.setattr(ff, "_tracing", lambda: True)
+    f = torch.randn(2, 6, 3, 4, dtype=torch.float64)
+    m = torch.randn(2, 3 * 25, 6, 8, dtype=torch.float64)
+    assert (ff.carafe(f, m, 5, 3, 2) - naive_carafe(f, m, 5, 3, 2)).abs().max() <= 1e-10

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from offseg_vis.errors import CheckpointError, ConfigError, InputError, OffSegError
-from offseg_vis.models.zoo import build_model, check_model_name
+from offseg_vis.models.registry import build_model, check_model_name
 
 __all__ = ["ExportError", "ExportReport", "OnnxRuntimeModel", "export_onnx", "load_for_export", "require_deploy"]
 
@@ -114,6 +114,7 @@ def export_onnx(
     opset: int = OPSET,
     description: str = "",
     check_sizes: list[tuple[int, int]] | None = None,
+    optimize: bool = False,
 ) -> ExportReport:
     """Export ``model`` (eval mode) to ``path`` and check ONNX Runtime against torch.
 
@@ -126,6 +127,9 @@ def export_onnx(
         description: what the model is (for the report).
         check_sizes: sizes at which ONNX Runtime is compared with eager torch (default: ``size``,
             plus a second size when dynamic).
+        optimize: run onnxscript's graph optimiser. Off by default: ONNX Runtime optimises the
+            graph when it loads it, and on OffSeg-T the exporter-side pass ran for over 12 minutes
+            on 2 busy cores without finishing.
 
     Returns:
         an :class:`ExportReport`.
@@ -164,7 +168,7 @@ def export_onnx(
                     dynamo=True,
                     dynamic_shapes=dynamic_shapes,
                     external_data=False,
-                    optimize=True,
+                    optimize=optimize,
                 )
             except Exception as err:  # the exporter raises many types; say which model and why
                 first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -77,6 +77,12 @@ def carafe(features: Tensor, kernels: Tensor, kernel_size: int, group: int = 1, 
     padded = F.pad(features, (r, r, r, r)).view(n, g, cg, h + 2 * r, w + 2 * r)
     # (N, G, k², s, s, h, w): tap t of phase (a, b) at low-res pixel (y, x) is m[t, y·s + a, x·s + b]
     taps = kernels.view(n, g, k * k, h, s, w, s).permute(0, 1, 2, 4, 6, 3, 5).contiguous()
+    if _tracing():
+        # A recorded graph gets the same sum as one unfold and one contraction: two nodes instead
+        # of k² slices and multiply-adds, each carrying symbolic sizes through the exporter.
+        windows = F.unfold(features, k, padding=r).view(n, g, cg, k * k, h, w)  # (N, G, C/G, k², h, w)
+        out = torch.einsum("ngcthw,ngtabhw->ngcabhw", windows, taps)  # (N, G, C/G, s, s, h, w)
+        return out.permute(0, 1, 2, 5, 3, 6, 4).reshape(n, c, s * h, s * w)
     out = features.new_zeros((n, g, cg, s, s, h, w))
     step = _carafe_block_channels(cg, n * g * s * s * h * w)
     for c0 in range(0, cg, step):
@@ -105,10 +111,7 @@ def _tracing() -> bool:
 
 
 def _carafe_block_channels(channels: int, per_channel: int) -> int:
-    """Channels per CARAFE block (all of them while a graph is recorded: a Python loop over a
-    size-dependent count would bake one input size into the graph)."""
-    if _tracing():
-        return channels
+    """Channels per CARAFE block."""
     return max(1, min(channels, _CARAFE_BLOCK_ELEMENTS // max(1, per_channel)))
 
 
