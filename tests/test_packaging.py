@@ -80,7 +80,7 @@ import json
 import offseg_vis
 from offseg_vis.analysis.notebook_support import checkpoints_dir, training_config
 from offseg_vis.app.models import default_checkpoint_dir, find_checkpoints
-from offseg_vis.bench.experiment.budget import resolve_config_path
+from offseg_vis.experiment.budget import resolve_config_path
 from offseg_vis.engine.config import load_config, resolve_config, shipped_checkpoints_dir
 from pathlib import Path
 cfg = load_config("offseg-mbv2_fashion-scenes")

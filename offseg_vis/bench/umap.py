@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from offseg_vis.analysis.embedding import FitOptions, PixelFeatures, PixelSample, fit_joint_umap, warm_up_umap
-from offseg_vis.bench.timing import environment
+from offseg_vis.engine.runtime import environment
 
 
 def synthetic_pixels(points: int, dims: int, classes: int = 11, images: int = 8, seed: int = 0) -> PixelFeatures:
