@@ -1,7 +1,11 @@
 """A real browser: Playwright drives Debian's Chromium (headless, no sandbox, no GPU, no background
 networking) through upload -> Segment -> annotated image and legend, and saves a screenshot.
 
-The same code path (:func:`offseg_vis.app.browser.segment_in_browser`) makes the README screenshot.
+A second test segments a gallery scene, clicks a pixel of the clickable segmentation and checks that the
+pixel panel names the classes computed here and that the E map marks that pixel.
+
+The same code paths (:func:`offseg_vis.app.browser.segment_in_browser`, :func:`~offseg_vis.app.browser.
+explore_pixel_in_browser`) make the README screenshots (``scripts/screenshot_app.py``).
 Skipped only when no Chromium binary exists at all.
 """
 
@@ -12,7 +16,7 @@ import torch
 from conftest import free_port
 from PIL import Image
 
-from offseg_vis.app.browser import find_chromium, segment_in_browser
+from offseg_vis.app.browser import explore_pixel_in_browser, find_chromium, segment_in_browser
 from offseg_vis.app.callbacks import AppContext, AppSettings
 from offseg_vis.app.examples import example_images
 from offseg_vis.app.server import TEMP_ENV, start
@@ -23,9 +27,7 @@ pytestmark = pytest.mark.browser
 CHROMIUM = find_chromium()
 
 
-@pytest.mark.skipif(
-    CHROMIUM is None, reason="no Chromium binary on this machine (make setup installs Debian's)"
-)
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium binary on this machine (make setup installs Debian's)")
 def test_upload_segment_and_screenshot_in_chromium(tmp_path, monkeypatch):
     pytest.importorskip("playwright", reason="the playwright package is part of the test extra")
     monkeypatch.delenv(TEMP_ENV, raising=False)
@@ -37,9 +39,7 @@ def test_upload_segment_and_screenshot_in_chromium(tmp_path, monkeypatch):
     app = start(ctx, port=free_port(), temp_dir=tmp_path / "app-temp")
     try:
         shot = tmp_path / "app.png"
-        run = segment_in_browser(
-            app.url, example_images()[0], screenshot=shot, chromium=CHROMIUM, timeout_s=240
-        )
+        run = segment_in_browser(app.url, example_images()[0], screenshot=shot, chromium=CHROMIUM, timeout_s=240)
     finally:
         app.close()
         torch.set_flush_denormal(False)
@@ -51,3 +51,47 @@ def test_upload_segment_and_screenshot_in_chromium(tmp_path, monkeypatch):
     assert run.blocked == []  # the page asked for nothing outside the app
     with Image.open(shot) as im:
         assert im.width >= 1000 and im.height >= 1000
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium binary on this machine (make setup installs Debian's)")
+def test_click_a_pixel_marks_it_in_the_map_in_chromium(tmp_path, monkeypatch):
+    pytest.importorskip("playwright", reason="the playwright package is part of the test extra")
+    import numpy as np
+
+    from offseg_vis.analysis.explore import cell_to_pixel
+    from offseg_vis.analysis.probe import probe
+
+    monkeypatch.delenv(TEMP_ENV, raising=False)
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    torch.set_flush_denormal(True)
+    ctx = AppContext.from_checkpoints(
+        checkpoints_or_untrained(tmp_path / "checkpoints"), AppSettings(warm_up_umap=False)
+    )
+    app = start(ctx, port=free_port(), temp_dir=tmp_path / "app-temp")
+    scene = example_images()[0]
+    x, y = 70, 41
+    try:
+        shot = tmp_path / "app_pixel.png"
+        run = explore_pixel_in_browser(app.url, scene, (x, y), screenshot=shot, chromium=CHROMIUM, timeout_s=240)
+    finally:
+        app.close()
+        torch.set_flush_denormal(False)
+    offset = ctx.registry.get(None)
+    twin, _ = ctx.registry.twin_for(offset)
+    image = np.asarray(Image.open(scene).convert("RGB"))
+    ol, lin = probe(offset.model, [image])[0], probe(twin.model, [image])[0]
+    names = offset.class_names
+    assert (run.x, run.y) == (x, y)  # the click landed on image pixel (x, y)
+    assert f"Pixel (x={x}, y={y})" in run.pixel_text
+    assert f"Offset Learning predicts {names[ol.prediction[y, x]]}" in run.pixel_text
+    assert f"the per-pixel twin {names[lin.prediction[y, x]]}" in run.pixel_text
+    # The E map marks the pixel: its cell's centre, with the class the model predicts there.
+    r, c = y * ol.feature_size[0] // ol.padded_size[0], x * ol.feature_size[1] // ol.padded_size[1]
+    cx, cy = (int(v) for v in cell_to_pixel(r, c, ol.feature_size, ol.padded_size, ol.input_size))
+    marks_e = [m for m in run.marked if "kind: clicked pixel: E;" in m]
+    marks_e2 = [m for m in run.marked if "kind: clicked pixel: E′;" in m]
+    assert marks_e and marks_e2
+    assert all(f"pixel: ({cx}, {cy})" in m and f"predicted: {names[ol.prediction[cy, cx]]}" in m for m in marks_e)
+    assert run.blocked == [] and not [e for e in run.console_errors if "gradio_api" in e]
+    with Image.open(shot) as im:
+        assert im.width >= 1000 and im.height >= 600

@@ -124,10 +124,16 @@ def test_maps_mark_the_pixel_its_arrow_its_neighbours_and_centred_w(ctx, analysi
     emb = m.embedding
     j = rep.point
     for frame in (before, after):
-        e = frame[frame.kind == "clicked pixel: E"][["u", "v"]].to_numpy()
-        e2 = frame[frame.kind == "clicked pixel: E′"][["u", "v"]].to_numpy()
+        e_mark = frame[frame.kind == "clicked pixel: E"][["u", "v"]].to_numpy()
+        e2_mark = frame[frame.kind == "clicked pixel: E′"][["u", "v"]].to_numpy()
+        assert len(e_mark) == len(e2_mark) == 1 + pixels.RING_DOTS  # the point, then a ring around it
+        e, e2 = e_mark[:1], e2_mark[:1]
         np.testing.assert_array_equal(e, emb.before[j : j + 1].astype(np.float64))
         np.testing.assert_array_equal(e2, emb.after[j : j + 1].astype(np.float64))
+        for mark in (e_mark, e2_mark):
+            radii = np.linalg.norm(mark[1:] - mark[0], axis=1)
+            np.testing.assert_allclose(radii, radii[0], rtol=1e-9)  # a circle centred on the point
+            np.testing.assert_allclose(mark[1:].mean(0), mark[0], atol=1e-9 + 1e-9 * radii[0])
         arrow = frame[frame.kind == "arrow E → E′"][["u", "v"]].to_numpy()
         assert len(arrow) == pixels.ARROW_DOTS
         # the dots lie on the segment from E to E′, in order

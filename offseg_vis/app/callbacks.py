@@ -424,7 +424,7 @@ def _map_panel(ctx: AppContext, analysis: Analysis, report: pixels.PixelReport |
     text = (
         f"{m.why} {len(m):,} pixels ({every}) of this image, E and E′ in one map, fitted once in "
         f"{m.seconds:.2f} s. Hover a point for its class, pixel and whether it is right; drag across a map "
-        "to zoom, double-click to zoom out. Black: W (left) and W′ (right), centred over the classes (the part "
+        "to zoom, double-click to zoom out. Purple: W (left) and W′ (right), centred over the classes (the part "
         "shared by every class cannot change a prediction). Click a pixel in an image to follow it here."
     )
     present = [names[c] for c in _present_classes(analysis.probe)]

@@ -251,15 +251,18 @@ def check_click(p: ImageProbe, x, y) -> tuple[int, int]:
 OTHER = "other classes"
 MARK_COLOURS = {
     OTHER: "#d9d9d9",
-    "W (class embeddings)": "#000000",
-    "W′ (after ΔW)": "#000000",
+    "W (class embeddings)": "#6a3d9a",
+    "W′ (after ΔW)": "#6a3d9a",
     "nearest 20 in E": "#00b4e6",
     "nearest 20 in E′": "#ff8c00",
-    "arrow E → E′": "#7f7f7f",
+    "arrow E → E′": "#e6007e",
     "clicked pixel: E": "#e6007e",
     "clicked pixel: E′": "#e6007e",
 }
 ARROW_DOTS = 12
+RING_DOTS = 8  # a clicked point is drawn as its dot plus a ring of dots (the native plot has no size channel)
+RING_RADIUS = 0.02  # of the map's larger span
+DARK_AS = "#8c8c8c"  # near-black class colours are drawn gray in the maps, so black-ish marks stay visible
 MAP_COLUMNS = ("u", "v", "kind", "class", "predicted", "pixel", "correct")
 SPACE_LABEL = {"E": "E", "E'": "E′"}
 
@@ -284,7 +287,7 @@ def map_frame(
     Points are coloured (``kind``) by their ground-truth class (the prediction without one); with a
     ``chosen`` class the others turn gray. Markers come last (drawn on top): W (E map) or W′ (E′ map) —
     only W_k / W′_k of the chosen class when there is one —, and for a clicked pixel its 20 neighbours in
-    this space, its E and E′ and the arrow between them (dots from E to E′).
+    this space, its E and E′ (each a dot in a ring of dots) and the arrow between them (dots from E to E′).
     """
     import pandas as pd  # gradio's native plots take pandas frames (a gradio dependency)
 
@@ -340,9 +343,17 @@ def _markers(image_map: ImageMap, space: str, names: np.ndarray, report: PixelRe
         for t in np.linspace(0.0, 1.0, ARROW_DOTS + 2)[1:-1]:
             u, v = (1 - t) * start + t * end
             rows.append([float(u), float(v), "arrow E → E′", "", "", "", ""])
-        rows.append(_point_row(image_map, names, emb.after, j, "clicked pixel: E′", ""))
-    rows.append(_point_row(image_map, names, emb.before, j, "clicked pixel: E", ""))
+        rows += _ring(_point_row(image_map, names, emb.after, j, "clicked pixel: E′", ""), image_map)
+    rows += _ring(_point_row(image_map, names, emb.before, j, "clicked pixel: E", ""), image_map)
     return rows
+
+
+def _ring(row: list, image_map: ImageMap) -> list[list]:
+    """A point's row followed by ``RING_DOTS`` copies on a small circle around it (a bigger marker)."""
+    x_lim, y_lim = map_limits(image_map, pad=0.0)
+    radius = RING_RADIUS * max(x_lim[1] - x_lim[0], y_lim[1] - y_lim[0])
+    angles = np.linspace(0.0, 2 * np.pi, RING_DOTS, endpoint=False)
+    return [row] + [[row[0] + radius * np.cos(a), row[1] + radius * np.sin(a), *row[2:]] for a in angles]
 
 
 def _point_row(image_map: ImageMap, names, coords, j: int, kind: str, note: str) -> list:
