@@ -17,8 +17,8 @@ from offseg_vis.engine.checkpoint import (
     set_rng_state,
 )
 from offseg_vis.errors import CheckpointError
+from offseg_vis.models import build_model
 from offseg_vis.models.weights import load_weights, read_metadata, save_weights, sidecar_path
-from offseg_vis.models.zoo import build_model
 
 
 @pytest.fixture(scope="module")

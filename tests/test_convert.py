@@ -9,11 +9,8 @@ import torch
 
 from offseg_vis import build_model
 from offseg_vis.errors import CheckpointError
-from offseg_vis.models.convert import (
-    infer_num_classes,
-    load_official_checkpoint,
-    map_official_segmentor_keys,
-)
+from offseg_vis.models.convert import infer_num_classes, map_official_segmentor_keys
+from offseg_vis.models.registry import load_official_checkpoint
 
 OFFICIAL = {
     "offseg_t_ade20k": "offseg-t",
@@ -187,7 +184,7 @@ def test_classes_for_every_dataset_and_its_errors():
 
 def test_card_readers_expose_class_names(reference_dir, tmp_path):
     from offseg_vis.engine.checkpoint import card_classes, load_model
-    from offseg_vis.models.convert import convert_checkpoint
+    from offseg_vis.models.registry import convert_checkpoint
     from offseg_vis.models.weights import card_classes as stored_classes
     from offseg_vis.models.weights import read_metadata, save_weights
 

@@ -103,8 +103,8 @@ def test_eval_command_json(tmp_path, capsys):
     import json
 
     from offseg_vis.cli import main
+    from offseg_vis.models import build_model
     from offseg_vis.models.weights import save_weights
-    from offseg_vis.models.zoo import build_model
 
     model = build_model("offseg-mbv2", num_classes=11, classifier="linear")
     data = {"dataset": "fashion-scenes", "val_split": "val",

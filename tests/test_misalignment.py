@@ -125,7 +125,7 @@ def test_after_stage_uses_refined_features_and_embeddings():
 
 def test_zero_offsets_make_before_equal_after_on_a_real_model():
     from offseg_vis.analysis.probe import probe
-    from offseg_vis.models.zoo import build_model
+    from offseg_vis.models import build_model
 
     model = build_model("offseg-mbv2", 4, "offset")
     with torch.no_grad():

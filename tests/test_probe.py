@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from offseg_vis.analysis.probe import IGNORE_INDEX, label_at_features, probe
 from offseg_vis.errors import InputError
-from offseg_vis.models.zoo import build_model
+from offseg_vis.models import build_model
 
 K = 5
 

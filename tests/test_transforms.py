@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from offseg_vis.constants import IMAGENET_MEAN, IMAGENET_STD
 from offseg_vis.data.transforms import (
     TestTransform,
     TrainTransform,
@@ -17,7 +18,6 @@ from offseg_vis.data.transforms import (
     to_normalized_tensor,
 )
 from offseg_vis.errors import InputError
-from offseg_vis.models.segmentor import IMAGENET_MEAN, IMAGENET_STD
 
 COLOURS = np.array([[230, 20, 20], [20, 200, 40], [30, 40, 220], [240, 240, 30]], dtype=np.uint8)
 

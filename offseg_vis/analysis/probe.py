@@ -21,10 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from offseg_vis.constants import IGNORE_INDEX
 from offseg_vis.errors import InputError
-
-IGNORE_INDEX = 255
-
 
 # Everything probe() can return, by ImageProbe field name.
 OUTPUTS = (

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from offseg_vis.constants import IGNORE_INDEX
 from offseg_vis.engine.evaluate import confusion_matrix as _confusion_matrix
 from offseg_vis.engine.evaluate import metrics_from_confusion
-from offseg_vis.models.segmentor import IGNORE_INDEX
 
 
 def confusion_matrix(

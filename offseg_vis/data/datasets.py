@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from offseg_vis.constants import IGNORE_INDEX
 from offseg_vis.data.class_names import (
     ADE20K_CLASSES,
     CITYSCAPES_CLASSES,
@@ -61,7 +62,6 @@ __all__ = [
     "DATASET_NAMES",
 ]
 
-IGNORE_INDEX = 255
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 # ----------------------------------------------------------------------------- label converters

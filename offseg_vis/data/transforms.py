@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from offseg_vis.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from offseg_vis.errors import InputError
-from offseg_vis.models.segmentor import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "TrainTransform",

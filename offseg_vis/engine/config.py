@@ -13,7 +13,7 @@ import importlib.resources
 import os
 import types
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from offseg_vis.errors import ConfigError
+from offseg_vis.models.layers import as_pair  # noqa: F401  (re-exported: engine callers import it from here)
 
 
 @dataclass
@@ -459,13 +460,3 @@ def save_config(config: Config, path: str | Path) -> None:
     from offseg_vis.models.weights import atomic_write_text
 
     atomic_write_text(path, config_to_yaml(config))
-
-
-def as_pair(v: int | Sequence[int] | None) -> tuple[int, int] | None:
-    """A size from a config or the command line as (h, w): 512 -> (512, 512), [512] -> (512, 512),
-    [512, 1024] -> (512, 1024); None stays None."""
-    if v is None:
-        return None
-    if isinstance(v, int):
-        return (v, v)
-    return (int(v[0]), int(v[0])) if len(v) == 1 else (int(v[0]), int(v[1]))

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from offseg_vis.models.segmentor import IGNORE_INDEX
+from offseg_vis.constants import IGNORE_INDEX
 
 
 def confusion_matrix(

@@ -1,6 +1,7 @@
 """``offseg zoo`` (the model table) and ``offseg convert`` (official checkpoints -> ours).
 
-This is a command module (it sits on top, beside ``cli``), so it may use ``data`` for class names.
+This is a command module: it belongs to the command-line layer (beside ``cli``), not to the models
+layer it sits in, so it may use ``data`` for class names and ``bench`` for the cost table.
 """
 
 from __future__ import annotations
@@ -8,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from offseg_vis.bench.model_cost import format_markdown, measure_zoo
 from offseg_vis.data.class_names import DATASET_CLASSES, classes_for
+from offseg_vis.models.registry import convert_checkpoint
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,8 +39,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _zoo(args: argparse.Namespace) -> int:
-    from offseg_vis.bench.model_cost import format_markdown, measure_zoo
-
     rows = measure_zoo(args.models, size=args.size, num_classes=args.num_classes)
     print(format_markdown(rows, size=args.size))
     if args.json:
@@ -47,8 +48,6 @@ def _zoo(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from offseg_vis.models.convert import convert_checkpoint
-
     def resolve(num_classes: int, meta: dict):  # meta first, then --dataset, then K (classes_for)
         return classes_for(dataset=args.dataset, num_classes=num_classes, meta=meta)
 

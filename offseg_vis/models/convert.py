@@ -15,12 +15,15 @@ anything else is a :class:`CheckpointError` listing the offending keys.
 Files are read with :func:`offseg_vis.models.safe_pickle.safe_load`: nothing in a checkpoint can run
 code; objects of classes we do not have (mmengine's ``HistoryBuffer`` in ``message_hub``, ...) come
 back as inert placeholders.
+
+:func:`map_official_segmentor_keys` is the converter of the backbone + head models; the registry
+(:mod:`~offseg_vis.models.registry`) calls the converter registered for a model's name when it loads
+or converts an official checkpoint (``load_official_checkpoint``, ``convert_checkpoint``).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,21 +137,6 @@ def _check_against(out: dict[str, Tensor], target: dict[str, Tensor], report: Co
     report.used = sorted(out)
 
 
-def load_official_checkpoint(model: nn.Module, path: str | Path) -> ConversionReport:
-    """Load an official mmseg segmentor checkpoint into ``model`` (strict, see module docstring)."""
-    source = read_official_state_dict(path)
-    target = model.state_dict()
-    if getattr(model, "model_name", "").startswith("mask2former"):
-        from offseg_vis.models.mask2former import convert_official_mask2former
-
-        mapped = convert_official_mask2former(source)  # strict: raises CheckpointError on misfits
-        model.load_state_dict(mapped, strict=True)
-        return ConversionReport(used=sorted(mapped))
-    mapped, report = map_official_segmentor_keys(source, target)
-    model.load_state_dict({k: v.to(target[k].dtype) for k, v in mapped.items()}, strict=True)
-    return report
-
-
 def load_backbone_checkpoint(model_name: str, backbone: nn.Module, path: str | Path) -> ConversionReport:
     """Load ImageNet weights (mmseg's MiT / MSCAN pretrain files) into a backbone.
 
@@ -174,87 +162,18 @@ def load_backbone_checkpoint(model_name: str, backbone: nn.Module, path: str | P
     return report
 
 
-def load_pretrained(model: nn.Module, path: str | Path, model_name: str | None = None) -> object:
-    """Load whole-model weights: our ``.safetensors`` checkpoint, or an official ``.pth``."""
-    from offseg_vis.models.weights import load_weights, weights_path
-
-    path = Path(path)
-    if path.suffix in (".pth", ".pt", ".bin"):
-        return load_official_checkpoint(model, path)
-    if not weights_path(path).is_file():
-        raise CheckpointError(
-            f"Checkpoint {path} not found (looked for {weights_path(path)}). Pass our .safetensors file "
-            "or an official .pth checkpoint."
-        )
-    return load_weights(model, path)
-
-
-# (K, the checkpoint's meta) -> (class names (K,), palette (K, 3), sentence saying where they came
-# from). The CLI passes ``offseg_vis.data.class_names.classes_for`` (models/ may not import data/).
-ClassResolver = Callable[[int, Mapping[str, Any]], tuple[Sequence[str], Sequence[Sequence[int]], str]]
+# Written into the card of every converted checkpoint (``converted_from``).
 CONVERTED_FROM = "official mmseg checkpoint"
 
 
-def convert_checkpoint(
-    src: str | Path,
-    dst: str | Path,
-    model_name: str,
-    classifier: str = "offset",
-    num_classes: int | None = None,
-    classes: ClassResolver | None = None,
-) -> ConversionReport:
-    """Convert an official checkpoint to our safetensors format (+ JSON card) at ``dst``.
-
-    Args:
-        src: the official ``.pth``.
-        dst: output path (``.safetensors``; the card ``.json`` is written beside it).
-        model_name: zoo name (offseg-t, segformer-b0, ...).
-        classifier: "offset" or "linear".
-        num_classes: K; read from the checkpoint (``cls_repr`` or ``conv_seg``) when None.
-        classes: decides the card's ``class_names`` and ``palette`` from (K, the file's meta), e.g.
-            ``lambda k, meta: classes_for(dataset, k, meta)``. Without it the card carries no class
-            names and ``report.classes_source`` says so.
-
-    Returns:
-        The key accounting, plus ``classes_source`` and the file's ``placeholders``.
-    """
-    from offseg_vis.models.weights import save_weights
-    from offseg_vis.models.zoo import build_model
-
-    checkpoint = read_official_checkpoint(src)
-    source = checkpoint.state_dict
-    if num_classes is None:
-        num_classes = infer_num_classes(source)
-    model = build_model(model_name, num_classes=num_classes, classifier=classifier)
-    mapped, report = map_official_segmentor_keys(source, model.state_dict())
-    model.load_state_dict(mapped, strict=True)
-    report.placeholders = checkpoint.placeholders
-    metadata: dict[str, Any] = {
-        "source": Path(src).name,
-        "converted_from": CONVERTED_FROM,
-        "report": report.summary(),
-    }
-    if classes is None:
-        report.classes_source = "no class names written (no class resolver given)."
-    else:
-        names, palette, report.classes_source = classes(num_classes, checkpoint.meta)
-        if len(names) != num_classes or len(palette) != num_classes:
-            raise CheckpointError(
-                f"The class resolver gave {len(names)} names and {len(palette)} colours for a model with "
-                f"{num_classes} classes."
-            )
-        metadata["class_names"] = [str(n) for n in names]
-        metadata["palette"] = [[int(c) for c in rgb] for rgb in palette]
-        metadata["classes_source"] = report.classes_source
-    save_weights(model, dst, metadata=metadata)
-    return report
-
-
 def infer_num_classes(state: dict[str, Tensor]) -> int:
-    """K from ``cls_repr`` (1, K, C) or ``conv_seg.weight`` (K, C, 1, 1) of an official state dict."""
+    """K from ``cls_repr`` (1, K, C), Mask2Former's ``cls_embed.weight`` (K + 1, C) or
+    ``conv_seg.weight`` (K, C, 1, 1) of an official state dict."""
     for key, value in state.items():
         if key.endswith("offset_learning.cls_repr"):
             return int(value.shape[1])
+        if key == "decode_head.cls_embed.weight":  # K classes + "no object"
+            return int(value.shape[0]) - 1
     for key, value in state.items():
         if key.endswith("conv_seg.weight"):
             return int(value.shape[0])

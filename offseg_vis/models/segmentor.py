@@ -19,11 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from offseg_vis.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from offseg_vis.models.layers import as_pair
 from offseg_vis.models.offset_learning import ClassifierOutput
-
-IGNORE_INDEX = 255
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -135,7 +133,7 @@ class Segmentor(nn.Module):
             logits = self(images)
             return self._resize_to_input(logits, images)
         if mode == "slide":
-            return self._slide(images, _pair(crop), _pair(stride))
+            return self._slide(images, as_pair(crop), as_pair(stride))
         raise ValueError(f"predict mode must be 'whole' or 'slide', got {mode!r}.")
 
     def _resize_to_input(self, logits: Tensor, images: Tensor) -> Tensor:
@@ -163,7 +161,3 @@ class Segmentor(nn.Module):
                 total[..., y0 : y0 + ch, x0 : x0 + cw] += self.predict(patch, mode="whole")
                 count[..., y0 : y0 + ch, x0 : x0 + cw] += 1
         return total / count
-
-
-def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))

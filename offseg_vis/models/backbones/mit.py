@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from offseg_vis.errors import ConfigError, InputError
+from offseg_vis.models.layers import DropPath, drop_path_rates
 
 LAYER_NORM_EPS = 1e-6  # the official MiT builds every LayerNorm with eps 1e-6
 
@@ -65,35 +66,6 @@ def tokens_to_map(x: Tensor, hw: tuple[int, int]) -> Tensor:
 def map_to_tokens(x: Tensor) -> Tensor:
     """(B, C, H, W) -> (B, N, C) tokens, N = H*W row-major."""
     return x.flatten(2).transpose(1, 2)
-
-
-def drop_path_rates(max_rate: float, num_blocks: int) -> list[float]:
-    """Stochastic-depth rate of each block, growing linearly from 0 to ``max_rate``.
-
-    Plain Python (not torch.linspace) so that models can be built on the meta device.
-    """
-    if num_blocks == 1:
-        return [0.0]
-    return [max_rate * i / (num_blocks - 1) for i in range(num_blocks)]
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: in training, zero a whole sample's residual branch with probability p
-    and rescale the survivors by 1/(1-p). Identity in eval mode or when p = 0. Any shape (B, ...)."""
-
-    def __init__(self, p: float = 0.0) -> None:
-        super().__init__()
-        self.p = float(p)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask / keep
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
 
 
 class OverlapPatchEmbed(nn.Module):
@@ -276,4 +248,4 @@ def mit(variant: str = "b0", **kwargs) -> MixVisionTransformer:
     return MixVisionTransformer(MIT_VARIANTS[key], **kwargs)
 
 
-__all__ = ["MIT_VARIANTS", "DropPath", "drop_path_rates", "MiTConfig", "MixVisionTransformer", "mit"]
+__all__ = ["MIT_VARIANTS", "MiTConfig", "MixVisionTransformer", "mit"]

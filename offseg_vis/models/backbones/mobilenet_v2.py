@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from offseg_vis.errors import CheckpointError
+from offseg_vis.models.layers import conv_norm_act
 
 WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"
 # (expand ratio t, output channels c, repeats n, first stride s), as in the MobileNetV2 paper.
@@ -29,15 +30,9 @@ INVERTED_RESIDUAL_SETTING = [
 FEATURE_TAPS = (3, 6, 13, 17)
 
 
-class ConvBNReLU6(nn.Sequential):
-    """Conv (no bias) + BN + ReLU6; children named 0, 1, 2 like torchvision's Conv2dNormActivation."""
-
-    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> None:
-        super().__init__(
-            nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
-            nn.BatchNorm2d(cout),
-            nn.ReLU6(inplace=True),
-        )
+def conv_bn_relu6(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    """Conv (no bias) + BN + ReLU6; children 0, 1, 2 like torchvision's Conv2dNormActivation."""
+    return conv_norm_act(cin, cout, kernel, norm="bn", act="relu6", stride=stride, groups=groups)
 
 
 class InvertedResidual(nn.Module):
@@ -49,9 +44,9 @@ class InvertedResidual(nn.Module):
         self.use_residual = stride == 1 and cin == cout
         layers: list[nn.Module] = []
         if expand_ratio != 1:
-            layers.append(ConvBNReLU6(cin, hidden, kernel=1))
+            layers.append(conv_bn_relu6(cin, hidden, kernel=1))
         layers += [
-            ConvBNReLU6(hidden, hidden, stride=stride, groups=hidden),
+            conv_bn_relu6(hidden, hidden, stride=stride, groups=hidden),
             nn.Conv2d(hidden, cout, 1, bias=False),
             nn.BatchNorm2d(cout),
         ]
@@ -73,7 +68,7 @@ class MobileNetV2(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        layers: list[nn.Module] = [ConvBNReLU6(3, 32, stride=2)]
+        layers: list[nn.Module] = [conv_bn_relu6(3, 32, stride=2)]
         cin = 32
         for t, c, n, s in INVERTED_RESIDUAL_SETTING:
             for i in range(n):

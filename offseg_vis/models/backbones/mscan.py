@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from offseg_vis.errors import ConfigError, InputError
-from offseg_vis.models.backbones.mit import DropPath, drop_path_rates
+from offseg_vis.models.layers import DropPath, drop_path_rates
 
 LAYER_SCALE_INIT = 1e-2
 # MSCA strip-conv branches: (long side of the 1×k / k×1 kernels) for branches 0, 1, 2.

@@ -11,18 +11,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from offseg_vis.models.layers import conv_norm_act
 from offseg_vis.models.offset_learning import ClassifierOutput, build_classifier
-
-
-class ConvBNReLU(nn.Sequential):
-    """Conv (no bias) + BatchNorm + ReLU."""
-
-    def __init__(self, cin: int, cout: int, kernel: int = 1, groups: int = 1) -> None:
-        super().__init__(
-            nn.Conv2d(cin, cout, kernel, padding=kernel // 2, groups=groups, bias=False),
-            nn.BatchNorm2d(cout),
-            nn.ReLU(inplace=True),
-        )
 
 
 class SimpleFPNHead(nn.Module):
@@ -48,10 +38,10 @@ class SimpleFPNHead(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.channels = channels
-        self.laterals = nn.ModuleList(ConvBNReLU(c, channels) for c in in_channels)
+        self.laterals = nn.ModuleList(conv_norm_act(c, channels) for c in in_channels)
         self.smooth = nn.Sequential(
-            ConvBNReLU(channels, channels, kernel=3, groups=channels),
-            ConvBNReLU(channels, channels, kernel=1),
+            conv_norm_act(channels, channels, 3, groups=channels),
+            conv_norm_act(channels, channels, 1),
         )
         self.classifier = build_classifier(classifier, num_classes, channels, **(classifier_options or {}))
 

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from offseg_vis.errors import ConfigError, InputError
-from offseg_vis.models.heads.conv_norm_act import ConvNormAct
 from offseg_vis.models.heads.segformer_head import default_dropout
+from offseg_vis.models.layers import ConvNormAct
 from offseg_vis.models.offset_learning import ClassifierOutput, build_classifier
 
 NMF_EPS = 1e-6  # added to every multiplicative-update denominator

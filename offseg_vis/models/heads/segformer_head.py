@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from offseg_vis.errors import ConfigError, InputError
-from offseg_vis.models.heads.conv_norm_act import ConvNormAct
+from offseg_vis.models.layers import ConvNormAct
 from offseg_vis.models.offset_learning import ClassifierOutput, build_classifier
 
 # Dropout before a per-pixel classifier, as in the official BaseDecodeHead.cls_seg; the

@@ -15,7 +15,10 @@ import torch
 from torch import Tensor
 
 from offseg_vis.errors import CheckpointError
+from offseg_vis.models.convert import ConversionReport
 from offseg_vis.models.key_accounting import misfit_parts
+from offseg_vis.models.mask2former.model import build_mask2former
+from offseg_vis.models.registry import register_converter
 
 _OL_KEY = re.compile(r"^decode_head\.([A-Za-z0-9_]+)\.(cls_offset_proj|feat_offset_proj)\.weight$")
 _MAX_LISTED = 25
@@ -37,11 +40,32 @@ def _unwrap(checkpoint: Mapping) -> dict[str, Tensor]:
 
 def expected_shapes(num_classes: int, classifier: str, variant: str = "swin-t") -> dict[str, tuple[int, ...]]:
     """Our state-dict keys and shapes for a model, built on the meta device (no memory, no init cost)."""
-    from offseg_vis.models.mask2former.model import build_mask2former
-
     with torch.device("meta"):
         model = build_mask2former(num_classes, classifier=classifier, variant=variant)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _rename(state_dict: Mapping) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Unwrapped official state dict with the Offset Learning module under our name, and the renames."""
+    sd = _unwrap(state_dict)
+    renamed: dict[str, Tensor] = {}
+    renames: dict[str, str] = {}
+    ol_names = set()
+    for key, value in sd.items():
+        match = _OL_KEY.match(key)
+        if match:
+            ol_names.add(match.group(1))
+            new = f"decode_head.offset_learning.{match.group(2)}.weight"
+            renames[key], key = new, new
+        renamed[key] = value
+    if len(ol_names) > 1:
+        raise CheckpointError(f"The checkpoint holds more than one offset module ({sorted(ol_names)}); expected one.")
+    if "decode_head.cls_embed.weight" not in renamed:
+        raise CheckpointError(
+            "The checkpoint has no 'decode_head.cls_embed.weight', so it is not a Mask2Former segmentor "
+            "(is it a backbone-only or a detection checkpoint?)."
+        )
+    return renamed, renames
 
 
 def convert_official_mask2former(state_dict: Mapping, variant: str = "swin-t") -> dict[str, Tensor]:
@@ -59,24 +83,9 @@ def convert_official_mask2former(state_dict: Mapping, variant: str = "swin-t") -
     Raises:
         CheckpointError: listing every unknown key, missing key and shape mismatch.
     """
-    sd = _unwrap(state_dict)
-    renamed: dict[str, Tensor] = {}
-    ol_names = set()
-    for key, value in sd.items():
-        match = _OL_KEY.match(key)
-        if match:
-            ol_names.add(match.group(1))
-            key = f"decode_head.offset_learning.{match.group(2)}.weight"
-        renamed[key] = value
-    if len(ol_names) > 1:
-        raise CheckpointError(f"The checkpoint holds more than one offset module ({sorted(ol_names)}); expected one.")
-    if "decode_head.cls_embed.weight" not in renamed:
-        raise CheckpointError(
-            "The checkpoint has no 'decode_head.cls_embed.weight', so it is not a Mask2Former segmentor "
-            "(is it a backbone-only or a detection checkpoint?)."
-        )
+    renamed, renames = _rename(state_dict)
     num_classes = renamed["decode_head.cls_embed.weight"].shape[0] - 1
-    classifier = "offset" if ol_names else "linear"
+    classifier = "offset" if renames else "linear"
     expected = expected_shapes(num_classes, classifier, variant)
     problems = misfit_parts(renamed, expected)
     if problems:
@@ -85,3 +94,20 @@ def convert_official_mask2former(state_dict: Mapping, variant: str = "swin-t") -
             + "; ".join(problems) + ". Check that it is an mmseg Mask2Former Swin-T checkpoint."
         )
     return {k: renamed[k] for k in expected}
+
+
+@register_converter("mask2former-swin-t")
+def map_official_mask2former_keys(
+    source: dict[str, Tensor], target: dict[str, Tensor]
+) -> tuple[dict[str, Tensor], ConversionReport]:
+    """The registry's converter: an official state dict -> ours, checked against ``target`` (the state
+    dict of the model it is loaded into), with the key accounting."""
+    renamed, renames = _rename(source)
+    problems = misfit_parts(renamed, target)
+    if problems:
+        raise CheckpointError(
+            "The checkpoint does not fit this Mask2Former model: " + "; ".join(problems) + ". "
+            "Check that the classifier and the number of classes match the checkpoint."
+        )
+    report = ConversionReport(used=sorted(renamed), renamed=renames)
+    return {k: renamed[k] for k in target}, report

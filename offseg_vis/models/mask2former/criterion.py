@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
+from offseg_vis.constants import IGNORE_INDEX
 from offseg_vis.errors import InputError
 from offseg_vis.models.mask2former.config import CriterionConfig
 
@@ -54,7 +55,7 @@ def uncertain_point_coords(mask_logits: Tensor, num_points: int, oversample_rati
     return chosen
 
 
-def semantic_to_targets(label: Tensor, num_classes: int, ignore_index: int = 255) -> tuple[Tensor, Tensor]:
+def semantic_to_targets(label: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> tuple[Tensor, Tensor]:
     """One binary mask per class present: label (H, W) int -> classes (G,) int64, masks (G, H, W) bool.
 
     Classes come out sorted. Ignore pixels belong to no mask. Raises InputError for a label value
@@ -136,7 +137,7 @@ class Mask2FormerCriterion(nn.Module):
         ignore_index: label value that belongs to no target mask.
     """
 
-    def __init__(self, num_classes: int, cfg: CriterionConfig | None = None, ignore_index: int = 255) -> None:
+    def __init__(self, num_classes: int, cfg: CriterionConfig | None = None, ignore_index: int = IGNORE_INDEX) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.cfg = cfg or CriterionConfig()

@@ -1,8 +1,8 @@
 """Small building blocks shared by the Swin backbone, the pixel decoder and the query decoder.
 
-Attribute names follow the mmcv/mmdet modules they stand for (``layers.0.0`` in an FFN, ``conv`` /
-``gn`` in a conv block, ``attn.in_proj_weight`` in multi-head attention), so official checkpoints
-map onto these modules without renaming.
+Attribute names follow the mmcv/mmdet modules they stand for (``layers.0.0`` in an FFN,
+``attn.in_proj_weight`` in multi-head attention), so official checkpoints map onto these modules
+without renaming. Stochastic depth and the conv-GN block are the shared ones of ``models.layers``.
 """
 
 from __future__ import annotations
@@ -13,17 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-def drop_path(x: Tensor, prob: float, training: bool) -> Tensor:
-    """Stochastic depth: zero whole samples of a residual branch with probability ``prob``.
-
-    x (B, ...) -> same shape; survivors are scaled by 1 / (1 - prob) so the expectation is kept.
-    """
-    if prob == 0.0 or not training:
-        return x
-    keep = 1.0 - prob
-    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-    return x * mask / keep
+from offseg_vis.models.layers import drop_path
 
 
 class FFN(nn.Module):
@@ -50,22 +40,6 @@ class FFN(nn.Module):
         """x (..., C) -> (..., C); the residual is ``identity`` when given, else x."""
         identity = x if identity is None else identity
         return identity + drop_path(self.layers(x), self.drop_path_rate, self.training)
-
-
-class ConvGN(nn.Module):
-    """Conv2d + GroupNorm (+ optional ReLU); keys ``conv.*`` and ``gn.*`` like mmcv's ConvModule."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, bias: bool = False,
-                 groups: int = 32, relu: bool = False) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
-        self.gn = nn.GroupNorm(groups, out_channels)
-        self.relu = relu
-
-    def forward(self, x: Tensor) -> Tensor:
-        """x (B, Cin, H, W) -> (B, Cout, H, W)."""
-        x = self.gn(self.conv(x))
-        return F.relu(x, inplace=True) if self.relu else x
 
 
 def sine_position_encoding(height: int, width: int, num_feats: int, temperature: float = 10000.0,

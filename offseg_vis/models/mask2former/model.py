@@ -40,13 +40,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from offseg_vis.constants import IGNORE_INDEX
 from offseg_vis.errors import InputError
-from offseg_vis.models.mask2former.config import Mask2FormerConfig, variant_config
+from offseg_vis.models.layers import as_pair
+from offseg_vis.models.mask2former.config import Mask2FormerConfig, swin_t_config, variant_config
 from offseg_vis.models.mask2former.criterion import Mask2FormerCriterion
 from offseg_vis.models.mask2former.head import Mask2FormerHead, MaskPredictions
 from offseg_vis.models.mask2former.swin import SwinTransformer
 from offseg_vis.models.offset_learning import ClassifierOutput
-from offseg_vis.models.segmentor import IGNORE_INDEX, Segmentor, _pair
+from offseg_vis.models.registry import register_model
+from offseg_vis.models.segmentor import Segmentor
 
 
 def semantic_logits(class_logits: Tensor, mask_logits: Tensor) -> Tensor:
@@ -196,7 +199,7 @@ class Mask2FormerSegmentor(Segmentor):
                 stride: int | tuple[int, int] = 480) -> Tensor:
         """Normalised images (B, 3, H, W) of any size -> semantic logits (B, K, H, W) at the input size."""
         if mode == "slide":
-            return self._slide(images, _pair(crop), _pair(stride))
+            return self._slide(images, as_pair(crop), as_pair(stride))
         if mode != "whole":
             raise InputError(f"predict mode must be 'whole' or 'slide', got {mode!r}.")
         h, w = images.shape[-2:]
@@ -220,3 +223,16 @@ def build_mask2former(num_classes: int, classifier: str = "offset", variant: str
     """
     cfg = config if config is not None else variant_config(variant)
     return Mask2FormerSegmentor(num_classes, classifier, cfg, classifier_options)
+
+
+@register_model(
+    "mask2former-swin-t",
+    config=swin_t_config(),
+    description="Swin-T + Mask2Former head (masked-attention decoder) + Offset Learning on the query masks",
+    cost_table=False,
+)
+def build_registered_mask2former(
+    num_classes: int, classifier: str, classifier_options: dict | None, config: Mask2FormerConfig
+) -> Mask2FormerSegmentor:
+    """The registry's builder (``build_model("mask2former-swin-t", K)``); ``model.config`` is ``config``."""
+    return Mask2FormerSegmentor(num_classes, classifier, config, classifier_options)

@@ -10,9 +10,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from offseg_vis.models.layers import ConvNormAct
 from offseg_vis.models.mask2former.config import HeadConfig
 from offseg_vis.models.mask2former.deformable_attention import MultiScaleDeformableAttention
-from offseg_vis.models.mask2former.layers import FFN, ConvGN, sine_position_encoding
+from offseg_vis.models.mask2former.layers import FFN, sine_position_encoding
+
+
+def _conv_gn(cin: int, cout: int, kernel: int, bias: bool, groups: int, relu: bool = False) -> ConvNormAct:
+    """Conv + GroupNorm (+ ReLU), keys ``conv.*`` / ``gn.*`` like mmcv's ConvModule; torch's default
+    init here, the decoder's ``reset_parameters`` sets mmdet's."""
+    return ConvNormAct(cin, cout, kernel, norm="gn", act="relu" if relu else None, bias=bias, norm_groups=groups,
+                       init=False)
 
 
 class DeformableEncoderLayer(nn.Module):
@@ -85,17 +93,17 @@ class MSDeformAttnPixelDecoder(nn.Module):
         self.temperature = cfg.pos_temperature
         # Coarsest first: input_convs[0] takes stride 32.
         self.input_convs = nn.ModuleList(
-            ConvGN(in_channels[-1 - i], c, 1, bias=True, groups=cfg.gn_groups) for i in range(self.num_levels)
+            _conv_gn(in_channels[-1 - i], c, 1, bias=True, groups=cfg.gn_groups) for i in range(self.num_levels)
         )
         self.encoder = DeformableEncoder(cfg.encoder_layers, c, cfg.encoder_heads, self.num_levels,
                                          cfg.encoder_points, cfg.encoder_ffn_channels)
         self.level_encoding = nn.Embedding(self.num_levels, c)
         num_fpn = len(in_channels) - self.num_levels
         self.lateral_convs = nn.ModuleList(
-            ConvGN(in_channels[i], c, 1, bias=False, groups=cfg.gn_groups) for i in range(num_fpn)
+            _conv_gn(in_channels[i], c, 1, bias=False, groups=cfg.gn_groups) for i in range(num_fpn)
         )
         self.output_convs = nn.ModuleList(
-            ConvGN(c, c, 3, bias=False, groups=cfg.gn_groups, relu=True) for _ in range(num_fpn)
+            _conv_gn(c, c, 3, bias=False, groups=cfg.gn_groups, relu=True) for _ in range(num_fpn)
         )
         self.mask_feature = nn.Conv2d(c, c, 1)
         self.reset_parameters()

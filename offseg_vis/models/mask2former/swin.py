@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from offseg_vis.models.backbones.mit import init_linear_or_layernorm
+from offseg_vis.models.layers import drop_path
 from offseg_vis.models.mask2former.config import SwinConfig
-from offseg_vis.models.mask2former.layers import FFN, drop_path
+from offseg_vis.models.mask2former.layers import FFN
 
 
 class PatchEmbed(nn.Module):
