@@ -25,10 +25,9 @@ __all__ = ["ExportError", "ExportReport", "OnnxRuntimeModel", "export_onnx", "lo
 
 SIZE_DIVISOR = 32
 OPSET = 18
-# Why Mask2Former is not exported: its pixel decoder's multi-scale deformable attention samples
-# at data-dependent locations per level and its transformer decoder uses masked attention built from
-# thresholded predictions; see :func:`export_onnx` for what the exporter reports.
-UNSUPPORTED = {}
+# Zoo models known not to export, with the reason the command prints (none at present: every
+# other failure is reported with the exporter's own first line, see :func:`export_onnx`).
+UNSUPPORTED: dict[str, str] = {}
 
 
 class ExportError(OffSegError):
