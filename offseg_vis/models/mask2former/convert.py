@@ -34,7 +34,7 @@ def _unwrap(checkpoint: Mapping) -> dict[str, Tensor]:
         )
     sd = dict(sd)
     if sd and all(k.startswith("module.") for k in sd):  # saved from a DistributedDataParallel wrapper
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
     return sd
 
 
@@ -91,7 +91,8 @@ def convert_official_mask2former(state_dict: Mapping, variant: str = "swin-t") -
     if problems:
         raise CheckpointError(
             f"Cannot convert this checkpoint to mask2former-{variant} ({classifier}, {num_classes} classes): "
-            + "; ".join(problems) + ". Check that it is an mmseg Mask2Former Swin-T checkpoint."
+            + "; ".join(problems)
+            + ". Check that it is an mmseg Mask2Former Swin-T checkpoint."
         )
     return {k: renamed[k] for k in expected}
 

@@ -36,8 +36,9 @@ def point_sample(inputs: Tensor, coords: Tensor) -> Tensor:
     return F.grid_sample(inputs, grid, mode="bilinear", align_corners=False).squeeze(3)
 
 
-def uncertain_point_coords(mask_logits: Tensor, num_points: int, oversample_ratio: float,
-                           importance_sample_ratio: float) -> Tensor:
+def uncertain_point_coords(
+    mask_logits: Tensor, num_points: int, oversample_ratio: float, importance_sample_ratio: float
+) -> Tensor:
     """Points where each mask is least certain, plus uniform ones: mask_logits (M, 1, H, W) -> (M, P, 2).
 
     Draws ``num_points · oversample_ratio`` uniform candidates, keeps the
@@ -73,8 +74,9 @@ def semantic_to_targets(label: Tensor, num_classes: int, ignore_index: int = IGN
     return classes.long(), masks
 
 
-def matching_cost(class_logits: Tensor, point_logits: Tensor, gt_classes: Tensor, gt_points: Tensor,
-                  cfg: CriterionConfig) -> Tensor:
+def matching_cost(
+    class_logits: Tensor, point_logits: Tensor, gt_classes: Tensor, gt_points: Tensor, cfg: CriterionConfig
+) -> Tensor:
     """Pairwise cost (Q, G) between predictions and targets sampled at the same P points.
 
     Args:
@@ -95,8 +97,9 @@ def matching_cost(class_logits: Tensor, point_logits: Tensor, gt_classes: Tensor
 
 
 @torch.no_grad()
-def hungarian_match(class_logits: Tensor, mask_logits: Tensor, gt_classes: Tensor, gt_masks: Tensor,
-                    cfg: CriterionConfig) -> tuple[Tensor, Tensor]:
+def hungarian_match(
+    class_logits: Tensor, mask_logits: Tensor, gt_classes: Tensor, gt_masks: Tensor, cfg: CriterionConfig
+) -> tuple[Tensor, Tensor]:
     """Best one-to-one assignment for one image.
 
     Args:
@@ -116,8 +119,10 @@ def hungarian_match(class_logits: Tensor, mask_logits: Tensor, gt_classes: Tenso
         raise FloatingPointError("The matching cost has NaN or inf values: the model's outputs diverged.")
     rows, cols = linear_sum_assignment(cost.cpu().numpy())
     device = class_logits.device
-    return (torch.as_tensor(np.asarray(rows), dtype=torch.long, device=device),
-            torch.as_tensor(np.asarray(cols), dtype=torch.long, device=device))
+    return (
+        torch.as_tensor(np.asarray(rows), dtype=torch.long, device=device),
+        torch.as_tensor(np.asarray(cols), dtype=torch.long, device=device),
+    )
 
 
 def _mean_over_processes(x: Tensor) -> Tensor:
@@ -150,8 +155,9 @@ class Mask2FormerCriterion(nn.Module):
         """labels (B, H, W) -> per image (classes (G,), masks (G, H, W) bool)."""
         return [semantic_to_targets(lab, self.num_classes, self.ignore_index) for lab in labels]
 
-    def single_prediction_loss(self, class_logits: Tensor, mask_logits: Tensor,
-                               targets: list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
+    def single_prediction_loss(
+        self, class_logits: Tensor, mask_logits: Tensor, targets: list[tuple[Tensor, Tensor]]
+    ) -> dict[str, Tensor]:
         """Matched losses of one prediction: class_logits (B, Q, K+1), mask_logits (B, Q, h, w) ->
         {"loss_cls", "loss_mask", "loss_dice"} scalars, already weighted."""
         b, q, _ = class_logits.shape
@@ -163,9 +169,12 @@ class Mask2FormerCriterion(nn.Module):
             class_targets[i, rows] = classes[cols]
             matched_preds.append(mask_logits[i, rows])
             matched_targets.append(masks[cols])
-        loss_cls = F.cross_entropy(
-            class_logits.flatten(0, 1), class_targets.flatten(), weight=self.class_weights.to(class_logits.dtype)
-        ) * cfg.class_weight
+        loss_cls = (
+            F.cross_entropy(
+                class_logits.flatten(0, 1), class_targets.flatten(), weight=self.class_weights.to(class_logits.dtype)
+            )
+            * cfg.class_weight
+        )
         preds = torch.cat(matched_preds)  # (M, h, w)
         num_masks = _mean_over_processes(class_logits.new_tensor(float(preds.shape[0]))).clamp(min=1.0)
         if preds.shape[0] == 0:
@@ -173,8 +182,9 @@ class Mask2FormerCriterion(nn.Module):
             return {"loss_cls": loss_cls, "loss_mask": zero, "loss_dice": zero}
         gts = torch.cat(matched_targets).unsqueeze(1).to(preds.dtype)  # (M, 1, H, W)
         with torch.no_grad():
-            coords = uncertain_point_coords(preds.unsqueeze(1), cfg.num_points, cfg.oversample_ratio,
-                                            cfg.importance_sample_ratio)  # (M, P, 2)
+            coords = uncertain_point_coords(
+                preds.unsqueeze(1), cfg.num_points, cfg.oversample_ratio, cfg.importance_sample_ratio
+            )  # (M, P, 2)
             gt_points = point_sample(gts, coords)[:, 0]  # (M, P)
         pred_points = point_sample(preds.unsqueeze(1), coords)[:, 0]  # (M, P)
         prob = pred_points.sigmoid()

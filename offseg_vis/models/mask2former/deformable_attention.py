@@ -58,7 +58,7 @@ def multi_scale_deformable_attention_reference(
         for q in range(nq):
             for m in range(heads):
                 for lv, (h, w) in enumerate(spatial_shapes):
-                    grid = value[n, starts[lv]:starts[lv + 1], m].reshape(h, w, d)
+                    grid = value[n, starts[lv] : starts[lv + 1], m].reshape(h, w, d)
                     for p in range(points):
                         # Continuous pixel coordinates whose integer points are pixel centres.
                         x = float(sampling_locations[n, q, m, lv, p, 0]) * w - 0.5
@@ -112,8 +112,9 @@ class MultiScaleDeformableAttention(nn.Module):
             nn.init.xavier_uniform_(proj.weight)
             nn.init.zeros_(proj.bias)
 
-    def forward(self, query: Tensor, query_pos: Tensor, reference_points: Tensor,
-                spatial_shapes: list[tuple[int, int]]) -> Tensor:
+    def forward(
+        self, query: Tensor, query_pos: Tensor, reference_points: Tensor, spatial_shapes: list[tuple[int, int]]
+    ) -> Tensor:
         """Self-attention over the concatenated levels.
 
         Args:

@@ -57,8 +57,14 @@ class Mask2FormerHead(nn.Module):
 
     output_stride = 4
 
-    def __init__(self, in_channels: list[int], num_classes: int, classifier: str = "offset",
-                 cfg: HeadConfig | None = None, classifier_options: dict | None = None) -> None:
+    def __init__(
+        self,
+        in_channels: list[int],
+        num_classes: int,
+        classifier: str = "offset",
+        cfg: HeadConfig | None = None,
+        classifier_options: dict | None = None,
+    ) -> None:
         super().__init__()
         cfg = cfg or HeadConfig()
         if classifier not in CLASSIFIERS:
@@ -98,8 +104,9 @@ class Mask2FormerHead(nn.Module):
         """The mask predictor: the shared :class:`OffsetLearningMask`, or :class:`DotProductMask`."""
         return self.offset_learning if self.offset_learning is not None else self.dot_product
 
-    def _predict(self, query: Tensor, mask_features: Tensor, attn_size: tuple[int, int] | None,
-                 want_intermediates: bool) -> tuple[Tensor, Tensor, Tensor | None, Tensor, ClassifierOutput | None]:
+    def _predict(
+        self, query: Tensor, mask_features: Tensor, attn_size: tuple[int, int] | None, want_intermediates: bool
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor, ClassifierOutput | None]:
         """One prediction from the current queries (B, Q, C).
 
         Returns class logits (B, Q, K+1), mask logits (B, Q, h, w), the next layer's attention block
@@ -150,7 +157,9 @@ class Mask2FormerHead(nn.Module):
             query = layer(query, query_pos, memory_tokens[level], memory_pos[level], blocked)
             last = i == len(layers) - 1
             cls, masks, blocked, embed, inter = self._predict(
-                query, mask_features, None if last else sizes[(i + 1) % self.num_levels],
+                query,
+                mask_features,
+                None if last else sizes[(i + 1) % self.num_levels],
                 return_intermediates and last,
             )
             class_logits.append(cls)

@@ -28,12 +28,14 @@ class FFN(nn.Module):
         drop_path_rate: stochastic-depth probability of the residual branch.
     """
 
-    def __init__(self, embed_dims: int, hidden_channels: int, activation: str = "relu",
-                 drop_path_rate: float = 0.0) -> None:
+    def __init__(
+        self, embed_dims: int, hidden_channels: int, activation: str = "relu", drop_path_rate: float = 0.0
+    ) -> None:
         super().__init__()
         act = nn.ReLU(inplace=True) if activation == "relu" else nn.GELU()
-        self.layers = nn.Sequential(nn.Sequential(nn.Linear(embed_dims, hidden_channels), act),
-                                    nn.Linear(hidden_channels, embed_dims))
+        self.layers = nn.Sequential(
+            nn.Sequential(nn.Linear(embed_dims, hidden_channels), act), nn.Linear(hidden_channels, embed_dims)
+        )
         self.drop_path_rate = drop_path_rate
 
     def forward(self, x: Tensor, identity: Tensor | None = None) -> Tensor:
@@ -42,8 +44,14 @@ class FFN(nn.Module):
         return identity + drop_path(self.layers(x), self.drop_path_rate, self.training)
 
 
-def sine_position_encoding(height: int, width: int, num_feats: int, temperature: float = 10000.0,
-                           device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+def sine_position_encoding(
+    height: int,
+    width: int,
+    num_feats: int,
+    temperature: float = 10000.0,
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
     """DETR's normalised sine encoding of an unpadded (height, width) grid -> (1, 2·num_feats, H, W).
 
     Row and column indices count from 1 and are scaled to (0, 2π] (divided by the last index + 1e-6).
@@ -55,7 +63,7 @@ def sine_position_encoding(height: int, width: int, num_feats: int, temperature:
     xs = torch.arange(1, width + 1, device=device, dtype=torch.float32) / (width + eps) * scale  # (W,)
     idx = torch.arange(num_feats, device=device)
     freq = temperature ** (2 * torch.div(idx, 2, rounding_mode="floor").float() / num_feats)  # (F,)
-    even = (idx % 2 == 0)
+    even = idx % 2 == 0
 
     def encode(p: Tensor) -> Tensor:  # (L,) -> (L, F)
         angles = p[:, None] / freq
@@ -114,8 +122,14 @@ class MultiheadAttention(nn.Module):
         super().__init__()
         self.attn = _InProjAttention(embed_dims, num_heads)
 
-    def forward(self, query: Tensor, key: Tensor, query_pos: Tensor | None = None,
-                key_pos: Tensor | None = None, blocked: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        query_pos: Tensor | None = None,
+        key_pos: Tensor | None = None,
+        blocked: Tensor | None = None,
+    ) -> Tensor:
         """query (B, Nq, C), key (B, Nk, C) (also the value), positions of the same shapes,
         blocked (B·heads, Nq, Nk) bool -> (B, Nq, C)."""
         q = query if query_pos is None else query + query_pos

@@ -96,8 +96,14 @@ class Mask2FormerSegmentor(Segmentor):
         ignore_index: label value outside every target mask.
     """
 
-    def __init__(self, num_classes: int, classifier: str = "offset", config: Mask2FormerConfig | None = None,
-                 classifier_options: dict | None = None, ignore_index: int = IGNORE_INDEX) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        classifier: str = "offset",
+        config: Mask2FormerConfig | None = None,
+        classifier_options: dict | None = None,
+        ignore_index: int = IGNORE_INDEX,
+    ) -> None:
         config = config or Mask2FormerConfig()
         backbone = SwinTransformer(config.backbone)
         backbone.size_divisor = config.size_divisor
@@ -159,9 +165,14 @@ class Mask2FormerSegmentor(Segmentor):
             spatial_size=(h, w),
         )
         return Mask2FormerOutput(
-            logits=logits, classifier=view, input_size=size, class_logits=class_logits,
-            mask_logits=preds.mask_logits[-1], mask_logits_without_offsets=plain_masks,
-            query_class_probs=class_logits.softmax(-1)[..., :-1], query_labels=class_logits.argmax(-1),
+            logits=logits,
+            classifier=view,
+            input_size=size,
+            class_logits=class_logits,
+            mask_logits=preds.mask_logits[-1],
+            mask_logits_without_offsets=plain_masks,
+            query_class_probs=class_logits.softmax(-1)[..., :-1],
+            query_labels=class_logits.argmax(-1),
             predictions=preds,
         )
 
@@ -191,12 +202,18 @@ class Mask2FormerSegmentor(Segmentor):
                 "call model(images) in training mode right before loss_from_logits, or use model.loss(images, labels)."
             )
         preds = pending[1]
-        return torch.stack(list(self.criterion(preds.class_logits, preds.mask_logits,
-                                               self._pad_labels(labels)).values())).sum()
+        return torch.stack(
+            list(self.criterion(preds.class_logits, preds.mask_logits, self._pad_labels(labels)).values())
+        ).sum()
 
     @torch.no_grad()
-    def predict(self, images: Tensor, mode: str = "whole", crop: int | tuple[int, int] = 512,
-                stride: int | tuple[int, int] = 480) -> Tensor:
+    def predict(
+        self,
+        images: Tensor,
+        mode: str = "whole",
+        crop: int | tuple[int, int] = 512,
+        stride: int | tuple[int, int] = 480,
+    ) -> Tensor:
         """Normalised images (B, 3, H, W) of any size -> semantic logits (B, K, H, W) at the input size."""
         if mode == "slide":
             return self._slide(images, as_pair(crop), as_pair(stride))
@@ -209,9 +226,13 @@ class Mask2FormerSegmentor(Segmentor):
         return semantic_logits(preds.class_logits[-1], masks)[..., :h, :w]
 
 
-def build_mask2former(num_classes: int, classifier: str = "offset", variant: str = "swin-t",
-                      classifier_options: dict | None = None,
-                      config: Mask2FormerConfig | None = None) -> Mask2FormerSegmentor:
+def build_mask2former(
+    num_classes: int,
+    classifier: str = "offset",
+    variant: str = "swin-t",
+    classifier_options: dict | None = None,
+    config: Mask2FormerConfig | None = None,
+) -> Mask2FormerSegmentor:
     """Build Mask2Former (``classifier="linear"``) or Mask2Former-OL (``"offset"``).
 
     Args:

@@ -41,8 +41,9 @@ class OffsetLearningMask(nn.Module):
         init_std: trunc-normal std of both projections.
     """
 
-    def __init__(self, embed_dims: int, class_offsets: bool = True, feature_offsets: bool = True,
-                 init_std: float = 0.02) -> None:
+    def __init__(
+        self, embed_dims: int, class_offsets: bool = True, feature_offsets: bool = True, init_std: float = 0.02
+    ) -> None:
         super().__init__()
         self.embed_dims = embed_dims
         self.cls_offset_proj = nn.Linear(embed_dims, embed_dims, bias=False) if class_offsets else None
@@ -51,8 +52,9 @@ class OffsetLearningMask(nn.Module):
             if proj is not None:
                 nn.init.trunc_normal_(proj.weight, std=init_std)
 
-    def forward(self, mask_embed: Tensor, mask_features: Tensor,
-                return_intermediates: bool = False) -> Tensor | ClassifierOutput:
+    def forward(
+        self, mask_embed: Tensor, mask_features: Tensor, return_intermediates: bool = False
+    ) -> Tensor | ClassifierOutput:
         """mask_embed W (B, Q, C), mask_features (B, C, H, W) -> aligned mask logits (B, Q, H, W).
 
         With ``return_intermediates`` a :class:`ClassifierOutput` whose class axis is the Q queries:
@@ -100,10 +102,19 @@ class OffsetLearningMask(nn.Module):
         scores = e_ref @ w_ref.transpose(1, 2)  # (B, N, Q)
         return ClassifierOutput(
             logits=scores.transpose(1, 2).reshape(b, -1, h, w_),  # (B, Q, H, W)
-            features=e, class_embed=w, coupled_logits=a, logits_without_offsets=a,
-            class_attention=class_attn, position_attention=pos_attn, class_prototypes=prototypes,
-            class_offset=d_w, feature_offset=d_e, refined_class_embed=w_ref, refined_features=e_ref,
-            logits_before_norm=scores, spatial_size=(h, w_),
+            features=e,
+            class_embed=w,
+            coupled_logits=a,
+            logits_without_offsets=a,
+            class_attention=class_attn,
+            position_attention=pos_attn,
+            class_prototypes=prototypes,
+            class_offset=d_w,
+            feature_offset=d_e,
+            refined_class_embed=w_ref,
+            refined_features=e_ref,
+            logits_before_norm=scores,
+            spatial_size=(h, w_),
         )
 
 
@@ -111,8 +122,9 @@ class DotProductMask(nn.Module):
     """Plain Mask2Former mask prediction M = W·Eᵀ (no parameters); same call signature as
     :class:`OffsetLearningMask`, the offset fields of its intermediates stay None."""
 
-    def forward(self, mask_embed: Tensor, mask_features: Tensor,
-                return_intermediates: bool = False) -> Tensor | ClassifierOutput:
+    def forward(
+        self, mask_embed: Tensor, mask_features: Tensor, return_intermediates: bool = False
+    ) -> Tensor | ClassifierOutput:
         """mask_embed (B, Q, C), mask_features (B, C, H, W) -> mask logits (B, Q, H, W)."""
         _check_inputs(mask_embed, mask_features)
         masks = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
@@ -121,6 +133,11 @@ class DotProductMask(nn.Module):
         e = mask_features.flatten(2).transpose(1, 2)  # (B, N, C)
         a = masks.flatten(2).transpose(1, 2)  # (B, N, Q)
         return ClassifierOutput(
-            logits=masks, features=e, class_embed=mask_embed, coupled_logits=a, logits_without_offsets=a,
-            logits_before_norm=a, spatial_size=tuple(mask_features.shape[-2:]),
+            logits=masks,
+            features=e,
+            class_embed=mask_embed,
+            coupled_logits=a,
+            logits_without_offsets=a,
+            logits_before_norm=a,
+            spatial_size=tuple(mask_features.shape[-2:]),
         )

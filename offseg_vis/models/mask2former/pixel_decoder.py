@@ -19,8 +19,9 @@ from offseg_vis.models.mask2former.layers import FFN, sine_position_encoding
 def _conv_gn(cin: int, cout: int, kernel: int, bias: bool, groups: int, relu: bool = False) -> ConvNormAct:
     """Conv + GroupNorm (+ ReLU), keys ``conv.*`` / ``gn.*`` like mmcv's ConvModule; torch's default
     init here, the decoder's ``reset_parameters`` sets mmdet's."""
-    return ConvNormAct(cin, cout, kernel, norm="gn", act="relu" if relu else None, bias=bias, norm_groups=groups,
-                       init=False)
+    return ConvNormAct(
+        cin, cout, kernel, norm="gn", act="relu" if relu else None, bias=bias, norm_groups=groups, init=False
+    )
 
 
 class DeformableEncoderLayer(nn.Module):
@@ -32,8 +33,9 @@ class DeformableEncoderLayer(nn.Module):
         self.ffn = FFN(embed_dims, ffn_channels, activation="relu")
         self.norms = nn.ModuleList([nn.LayerNorm(embed_dims), nn.LayerNorm(embed_dims)])
 
-    def forward(self, query: Tensor, query_pos: Tensor, reference_points: Tensor,
-                spatial_shapes: list[tuple[int, int]]) -> Tensor:
+    def forward(
+        self, query: Tensor, query_pos: Tensor, reference_points: Tensor, spatial_shapes: list[tuple[int, int]]
+    ) -> Tensor:
         """query, query_pos (B, S, C); reference_points (1, S, L, 2) -> (B, S, C)."""
         query = self.norms[0](self.self_attn(query, query_pos, reference_points, spatial_shapes))
         return self.norms[1](self.ffn(query))
@@ -42,24 +44,27 @@ class DeformableEncoderLayer(nn.Module):
 class DeformableEncoder(nn.Module):
     """A stack of :class:`DeformableEncoderLayer` (key ``layers.i``)."""
 
-    def __init__(self, num_layers: int, embed_dims: int, num_heads: int, num_levels: int, num_points: int,
-                 ffn_channels: int) -> None:
+    def __init__(
+        self, num_layers: int, embed_dims: int, num_heads: int, num_levels: int, num_points: int, ffn_channels: int
+    ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
             DeformableEncoderLayer(embed_dims, num_heads, num_levels, num_points, ffn_channels)
             for _ in range(num_layers)
         )
 
-    def forward(self, query: Tensor, query_pos: Tensor, reference_points: Tensor,
-                spatial_shapes: list[tuple[int, int]]) -> Tensor:
+    def forward(
+        self, query: Tensor, query_pos: Tensor, reference_points: Tensor, spatial_shapes: list[tuple[int, int]]
+    ) -> Tensor:
         """(B, S, C) -> (B, S, C)."""
         for layer in self.layers:
             query = layer(query, query_pos, reference_points, spatial_shapes)
         return query
 
 
-def pixel_centre_references(spatial_shapes: list[tuple[int, int]], num_levels: int, device: torch.device,
-                            dtype: torch.dtype) -> Tensor:
+def pixel_centre_references(
+    spatial_shapes: list[tuple[int, int]], num_levels: int, device: torch.device, dtype: torch.dtype
+) -> Tensor:
     """Reference point of every token: its own pixel centre ((j + 0.5) / w, (i + 0.5) / h), repeated for
     each level -> (1, S, L, 2)."""
     refs = []
@@ -95,8 +100,9 @@ class MSDeformAttnPixelDecoder(nn.Module):
         self.input_convs = nn.ModuleList(
             _conv_gn(in_channels[-1 - i], c, 1, bias=True, groups=cfg.gn_groups) for i in range(self.num_levels)
         )
-        self.encoder = DeformableEncoder(cfg.encoder_layers, c, cfg.encoder_heads, self.num_levels,
-                                         cfg.encoder_points, cfg.encoder_ffn_channels)
+        self.encoder = DeformableEncoder(
+            cfg.encoder_layers, c, cfg.encoder_heads, self.num_levels, cfg.encoder_points, cfg.encoder_ffn_channels
+        )
         self.level_encoding = nn.Embedding(self.num_levels, c)
         num_fpn = len(in_channels) - self.num_levels
         self.lateral_convs = nn.ModuleList(

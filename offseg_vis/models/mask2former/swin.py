@@ -116,8 +116,9 @@ def shifted_window_mask(height: int, width: int, window: int, shift: int, device
 class ShiftWindowMSA(nn.Module):
     """(Shifted) window attention over a token map of any size (padded to whole windows)."""
 
-    def __init__(self, embed_dims: int, num_heads: int, window_size: int, shift_size: int,
-                 qkv_bias: bool, drop_path_rate: float) -> None:
+    def __init__(
+        self, embed_dims: int, num_heads: int, window_size: int, shift_size: int, qkv_bias: bool, drop_path_rate: float
+    ) -> None:
         super().__init__()
         self.window_size = window_size
         self.shift_size = shift_size
@@ -147,12 +148,21 @@ class ShiftWindowMSA(nn.Module):
 class SwinBlock(nn.Module):
     """x + WindowAttention(LN(x)), then x + FFN(LN(x)) (GELU MLP)."""
 
-    def __init__(self, embed_dims: int, num_heads: int, window_size: int, shift: bool, mlp_ratio: float,
-                 qkv_bias: bool, drop_path_rate: float) -> None:
+    def __init__(
+        self,
+        embed_dims: int,
+        num_heads: int,
+        window_size: int,
+        shift: bool,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        drop_path_rate: float,
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(embed_dims)
-        self.attn = ShiftWindowMSA(embed_dims, num_heads, window_size, window_size // 2 if shift else 0,
-                                   qkv_bias, drop_path_rate)
+        self.attn = ShiftWindowMSA(
+            embed_dims, num_heads, window_size, window_size // 2 if shift else 0, qkv_bias, drop_path_rate
+        )
         self.norm2 = nn.LayerNorm(embed_dims)
         self.ffn = FFN(embed_dims, int(embed_dims * mlp_ratio), activation="gelu", drop_path_rate=drop_path_rate)
 
@@ -185,8 +195,17 @@ class PatchMerging(nn.Module):
 class SwinStage(nn.Module):
     """``depth`` blocks alternating plain and shifted windows, then optional patch merging."""
 
-    def __init__(self, embed_dims: int, depth: int, num_heads: int, window_size: int, mlp_ratio: float,
-                 qkv_bias: bool, drop_path_rates: list[float], downsample: bool) -> None:
+    def __init__(
+        self,
+        embed_dims: int,
+        depth: int,
+        num_heads: int,
+        window_size: int,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        drop_path_rates: list[float],
+        downsample: bool,
+    ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
             SwinBlock(embed_dims, num_heads, window_size, i % 2 == 1, mlp_ratio, qkv_bias, drop_path_rates[i])
@@ -227,10 +246,18 @@ class SwinTransformer(nn.Module):
         self.stages = nn.ModuleList()
         start = 0
         for i, depth in enumerate(cfg.depths):
-            self.stages.append(SwinStage(
-                self.out_channels[i], depth, cfg.num_heads[i], cfg.window_size, cfg.mlp_ratio, cfg.qkv_bias,
-                rates[start:start + depth], downsample=i < num_stages - 1,
-            ))
+            self.stages.append(
+                SwinStage(
+                    self.out_channels[i],
+                    depth,
+                    cfg.num_heads[i],
+                    cfg.window_size,
+                    cfg.mlp_ratio,
+                    cfg.qkv_bias,
+                    rates[start : start + depth],
+                    downsample=i < num_stages - 1,
+                )
+            )
             start += depth
         for i, channels in enumerate(self.out_channels):
             self.add_module(f"norm{i}", nn.LayerNorm(channels))

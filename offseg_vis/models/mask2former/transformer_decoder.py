@@ -23,8 +23,9 @@ class MaskedAttentionDecoderLayer(nn.Module):
         self.ffn = FFN(embed_dims, ffn_channels, activation="relu")
         self.norms = nn.ModuleList(nn.LayerNorm(embed_dims) for _ in range(3))
 
-    def forward(self, query: Tensor, query_pos: Tensor, memory: Tensor, memory_pos: Tensor,
-                blocked: Tensor | None) -> Tensor:
+    def forward(
+        self, query: Tensor, query_pos: Tensor, memory: Tensor, memory_pos: Tensor, blocked: Tensor | None
+    ) -> Tensor:
         """query, query_pos (B, Q, C); memory, memory_pos (B, N, C); blocked (B·heads, Q, N) bool,
         True where a query may not look (its rows are never all True) -> (B, Q, C)."""
         query = self.norms[0](self.cross_attn(query, memory, query_pos, memory_pos, blocked))
