@@ -5,6 +5,10 @@ embedding panel shows the real map), then lets :func:`offseg_vis.app.browser.seg
 gallery scene in headless Chromium, click Segment, wait for every panel and save a full-page screenshot.
 
     python scripts/screenshot_app.py [--example 2] [--out docs/figures/app.png] [--allow-untrained]
+    python scripts/screenshot_app.py --pixel 70 41 --example 0     # -> docs/figures/app_pixel.png
+
+With ``--pixel X Y`` it clicks that image pixel on the clickable segmentation instead
+(:func:`offseg_vis.app.browser.explore_pixel_in_browser`) and saves the exploration section.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ REPO = Path(__file__).resolve().parents[1]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--example", type=int, default=2, help="index into the gallery (sorted by name)")
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "figures" / "app.png")
     parser.add_argument(
-        "--checkpoint", nargs="+", default=None, help="default: the repository's checkpoints/"
+        "--out", type=Path, default=None, help="default docs/figures/app.png (app_pixel.png with --pixel)"
     )
+    parser.add_argument("--pixel", type=int, nargs=2, default=None, metavar=("X", "Y"), help="click this pixel")
+    parser.add_argument("--checkpoint", nargs="+", default=None, help="default: the repository's checkpoints/")
     parser.add_argument(
         "--allow-untrained",
         action="store_true",
@@ -38,11 +43,13 @@ def main() -> None:
         help="embedding time budget in seconds (auto picks UMAP when it fits; default 5)",
     )
     args = parser.parse_args()
+    if args.out is None:
+        args.out = REPO / "docs" / "figures" / ("app_pixel.png" if args.pixel else "app.png")
 
     import torch
     from PIL import Image
 
-    from offseg_vis.app.browser import segment_in_browser
+    from offseg_vis.app.browser import explore_pixel_in_browser, segment_in_browser
     from offseg_vis.app.callbacks import AppContext, AppSettings
     from offseg_vis.app.embedding_budget import EmbeddingSettings
     from offseg_vis.app.examples import example_images
@@ -66,14 +73,20 @@ def main() -> None:
     app = start(ctx, port=None, temp_dir=work / "app")
     try:
         image = example_images()[args.example]
-        run = segment_in_browser(
-            app.url,
-            image,
-            screenshot=args.out,
-            wait_for_embedding=True,
-            timeout_s=600,
-            viewport=(args.width, 1000),
-        )
+        if args.pixel:
+            run = explore_pixel_in_browser(
+                app.url, image, tuple(args.pixel), screenshot=args.out, timeout_s=600, viewport=(args.width, 1000)
+            )
+            print(run.pixel_text)
+        else:
+            run = segment_in_browser(
+                app.url,
+                image,
+                screenshot=args.out,
+                wait_for_embedding=True,
+                timeout_s=600,
+                viewport=(args.width, 1000),
+            )
     finally:
         app.close()
         torch.set_flush_denormal(False)
@@ -82,7 +95,8 @@ def main() -> None:
         size = im.size
     print(
         f"{args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out}: {size[0]}×{size[1]}, "
-        f"{os.path.getsize(args.out) / 1024:.0f} KB; legend {run.legend}; blocked requests {run.blocked}"
+        f"{os.path.getsize(args.out) / 1024:.0f} KB; legend {run.legend}; blocked requests {run.blocked}; "
+        f"{image.name}"
     )
 
 

@@ -261,12 +261,12 @@ def _number(page, selector: str) -> float | None:
 
 
 def _save_section(page, screenshot) -> Path | None:
-    """Screenshot the exploration section: from the map's heading to the pixel panel."""
+    """Screenshot the exploration section: from the map settings to the pixel panel's attention chart."""
     if screenshot is None:
         return None
     Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
     top = page.locator("#embedding-method").bounding_box()
-    bottom = page.locator("#pixel-info").bounding_box()
+    bottom = page.locator("#pixel-attention").bounding_box()
     scroll = page.evaluate("() => [window.scrollX, window.scrollY]")
     width = page.viewport_size["width"]
     y0 = top["y"] + scroll[1] - 10

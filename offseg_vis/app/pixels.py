@@ -268,10 +268,12 @@ SPACE_LABEL = {"E": "E", "E'": "E′"}
 
 
 def map_colours(class_names, palette: np.ndarray) -> dict[str, str]:
-    """Colour of every category the maps use: the classes' palette colours, then the markers'."""
-    colours = {
-        str(n): "#{:02x}{:02x}{:02x}".format(*(int(v) for v in palette[i][:3])) for i, n in enumerate(class_names)
-    }
+    """Colour of every category the maps use: the classes' palette colours (near-black ones drawn gray, so
+    the markers stand out), then the markers'."""
+    colours = {}
+    for i, name in enumerate(class_names):
+        rgb = [int(v) for v in palette[i][:3]]
+        colours[str(name)] = DARK_AS if max(rgb) < 48 else "#{:02x}{:02x}{:02x}".format(*rgb)
     return {**colours, **MARK_COLOURS}
 
 
