@@ -35,13 +35,14 @@ the sliding window):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from offseg_vis.constants import IGNORE_INDEX
-from offseg_vis.errors import InputError
+from offseg_vis.errors import ConfigError, InputError
 from offseg_vis.models.layers import as_pair
 from offseg_vis.models.mask2former.config import Mask2FormerConfig, swin_t_config, variant_config
 from offseg_vis.models.mask2former.criterion import Mask2FormerCriterion
@@ -253,7 +254,20 @@ def build_mask2former(
     cost_table=False,
 )
 def build_registered_mask2former(
-    num_classes: int, classifier: str, classifier_options: dict | None, config: Mask2FormerConfig
+    num_classes: int,
+    classifier: str,
+    classifier_options: dict | None,
+    config: Mask2FormerConfig,
+    backbone_pretrained: bool | str | Path = False,
 ) -> Mask2FormerSegmentor:
-    """The registry's builder (``build_model("mask2former-swin-t", K)``); ``model.config`` is ``config``."""
+    """The registry's builder (``build_model("mask2former-swin-t", K)``); ``model.config`` is ``config``.
+
+    ``backbone_pretrained`` is accepted so that configs shared with the other models build, but only
+    ``False`` works: there is no loader for Swin ImageNet weights (an error, never silently ignored).
+    """
+    if backbone_pretrained:
+        raise ConfigError(
+            f"backbone_pretrained={backbone_pretrained!r}: Mask2Former's Swin backbone has no ImageNet weight "
+            "loader; load a whole official Mask2Former checkpoint with pretrained=... instead."
+        )
     return Mask2FormerSegmentor(num_classes, classifier, config, classifier_options)
