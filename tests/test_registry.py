@@ -196,6 +196,8 @@ def test_mask2former_converter_renames_the_offset_module_and_accounts_for_keys()
     assert infer_num_classes(official) == 3  # from cls_embed (K + 1 rows)
     with pytest.raises(CheckpointError, match="2 unknown keys"):
         convert(official, linear)  # an OL checkpoint into the per-pixel model
+    with pytest.raises(ConfigError, match="no ImageNet weight loader"):  # not silently ignored
+        build_model("mask2former-swin-t", num_classes=3, backbone_pretrained="swin.pth")
     missing = dict(official)
     missing.pop("decode_head.cls_embed.bias")
     with pytest.raises(CheckpointError, match="1 keys missing"):

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from offseg_vis.constants import IGNORE_INDEX
@@ -117,6 +116,10 @@ def hungarian_match(
     cost = matching_cost(class_logits.float(), point_logits, gt_classes, gt_points, cfg)
     if not torch.isfinite(cost).all():
         raise FloatingPointError("The matching cost has NaN or inf values: the model's outputs diverged.")
+    # Imported here, not at the top: scipy.optimize takes ~0.9 s to import, and importing offseg_vis
+    # registers Mask2Former, so a top-level import would slow every command; only training matches.
+    from scipy.optimize import linear_sum_assignment
+
     rows, cols = linear_sum_assignment(cost.cpu().numpy())
     device = class_logits.device
     return (
