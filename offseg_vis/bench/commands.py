@@ -41,6 +41,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--json", help="also write the result to this JSON file")
     train.set_defaults(func=_train)
 
+    app = bsub.add_parser("app", help="the app's latency: segmentation panel, all panels, clicks (512² upload)")
+    app.add_argument("--checkpoint", nargs="+", default=None, help="files or folders (default: checkpoints/)")
+    app.add_argument("--size", type=int, default=512)
+    app.add_argument("--runs", type=int, default=7)
+    app.add_argument("--warmup", type=int, default=1)
+    app.add_argument("--clicks", type=int, default=20)
+    app.add_argument("--json", help="also write the result to this JSON file")
+    app.set_defaults(func=_app)
+
     umap = bsub.add_parser("umap", help="the joint UMAP (before + after pixels) at the promised size")
     umap.add_argument("--points", type=int, default=50_000, help="points fitted (before + after)")
     umap.add_argument("--dims", type=int, default=256)
@@ -75,6 +84,15 @@ def _train(args: argparse.Namespace) -> int:
     from offseg_vis.bench.train_throughput import benchmark, format_result
 
     result = benchmark(args.model, args.classifiers, args.size, args.batch, args.num_classes, args.warmup, args.steps)
+    print(format_result(result))
+    _write_json(args.json, result)
+    return 0
+
+
+def _app(args: argparse.Namespace) -> int:
+    from offseg_vis.bench.app_latency import benchmark, format_result
+
+    result = benchmark(args.checkpoint, args.size, args.runs, args.warmup, args.clicks)
     print(format_result(result))
     _write_json(args.json, result)
     return 0
