@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from offseg_vis.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from offseg_vis.errors import InputError
 from offseg_vis.models.layers import as_pair
 from offseg_vis.models.offset_learning import ClassifierOutput
 
@@ -130,11 +131,15 @@ class Segmentor(nn.Module):
         run once, padded).
         """
         if mode == "whole":
-            logits = self(images)
-            return self._resize_to_input(logits, images)
+            return self.predict_whole(images)
         if mode == "slide":
             return self._slide(images, as_pair(crop), as_pair(stride))
-        raise ValueError(f"predict mode must be 'whole' or 'slide', got {mode!r}.")
+        raise InputError(f"predict mode must be 'whole' or 'slide', got {mode!r}.")
+
+    @torch.no_grad()
+    def predict_whole(self, images: Tensor) -> Tensor:
+        """One run over the whole (padded) image: (B, 3, H, W) -> logits (B, K, H, W) at the input size."""
+        return self._resize_to_input(self(images), images)
 
     def _resize_to_input(self, logits: Tensor, images: Tensor) -> Tensor:
         h, w = images.shape[-2:]
@@ -158,6 +163,6 @@ class Segmentor(nn.Module):
                 y0 = min(r * stride[0], h - ch)
                 x0 = min(c * stride[1], w - cw)
                 patch = images[..., y0 : y0 + ch, x0 : x0 + cw]
-                total[..., y0 : y0 + ch, x0 : x0 + cw] += self.predict(patch, mode="whole")
+                total[..., y0 : y0 + ch, x0 : x0 + cw] += self.predict_whole(patch)
                 count[..., y0 : y0 + ch, x0 : x0 + cw] += 1
         return total / count

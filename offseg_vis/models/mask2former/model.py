@@ -43,7 +43,6 @@ from torch import Tensor
 
 from offseg_vis.constants import IGNORE_INDEX
 from offseg_vis.errors import ConfigError, InputError
-from offseg_vis.models.layers import as_pair
 from offseg_vis.models.mask2former.config import Mask2FormerConfig, swin_t_config, variant_config
 from offseg_vis.models.mask2former.criterion import Mask2FormerCriterion
 from offseg_vis.models.mask2former.head import Mask2FormerHead, MaskPredictions
@@ -208,18 +207,9 @@ class Mask2FormerSegmentor(Segmentor):
         ).sum()
 
     @torch.no_grad()
-    def predict(
-        self,
-        images: Tensor,
-        mode: str = "whole",
-        crop: int | tuple[int, int] = 512,
-        stride: int | tuple[int, int] = 480,
-    ) -> Tensor:
-        """Normalised images (B, 3, H, W) of any size -> semantic logits (B, K, H, W) at the input size."""
-        if mode == "slide":
-            return self._slide(images, as_pair(crop), as_pair(stride))
-        if mode != "whole":
-            raise InputError(f"predict mode must be 'whole' or 'slide', got {mode!r}.")
+    def predict_whole(self, images: Tensor) -> Tensor:
+        """Normalised images (B, 3, H, W) -> semantic logits (B, K, H, W) at the input size; mask
+        logits are upsampled before the sigmoid, as mmseg does (``predict`` dispatches here)."""
         h, w = images.shape[-2:]
         preds = self.predictions(images)
         padded = (h + (-h) % self.backbone.size_divisor, w + (-w) % self.backbone.size_divisor)
