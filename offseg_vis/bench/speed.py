@@ -17,10 +17,11 @@ from pathlib import Path
 import torch
 
 from offseg_vis.bench.model_cost import count_gmacs, count_parameters
-from offseg_vis.bench.timing import environment, paired_ratio, time_call, time_interleaved
+from offseg_vis.bench.timing import paired_ratio, time_call, time_interleaved
 from offseg_vis.deploy.onnx_export import OnnxRuntimeModel, compare_with_torch, export_onnx
+from offseg_vis.engine.runtime import environment
+from offseg_vis.models import build_model
 from offseg_vis.models.weights import atomic_write_text
-from offseg_vis.models.zoo import build_model
 
 DEFAULT_MODELS = ("offseg-mbv2", "offseg-t", "offseg-b", "offseg-l", "segformer-b0", "segnext-t")
 
