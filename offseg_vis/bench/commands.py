@@ -27,6 +27,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     speed.add_argument("--size", type=int, default=512)
     speed.add_argument("--warmup", type=int, default=5)
     speed.add_argument("--runs", type=int, default=20)
+    speed.add_argument(
+        "--runtime",
+        nargs="+",
+        default=["torch"],
+        choices=["torch", "onnxruntime"],
+        help="runtimes to time (onnxruntime exports each model first; needs the deploy extra)",
+    )
     speed.add_argument("--out", default="docs", help="folder for benchmarks.json and benchmarks.md")
     speed.set_defaults(func=_speed)
 
@@ -111,6 +118,8 @@ def _speed(args: argparse.Namespace) -> int:
     from offseg_vis.bench.speed import DEFAULT_MODELS, format_markdown, run_and_write
 
     names = tuple(args.models) if args.models else DEFAULT_MODELS
-    result = run_and_write(args.out, names=names, size=args.size, warmup=args.warmup, runs=args.runs)
+    result = run_and_write(
+        args.out, names=names, size=args.size, warmup=args.warmup, runs=args.runs, runtimes=tuple(args.runtime)
+    )
     print(format_markdown(result))
     return 0
