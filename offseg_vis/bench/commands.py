@@ -12,7 +12,9 @@ from offseg_vis.experiment.cli import register_experiment
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    bench = sub.add_parser("bench", help="benchmarks: Offset Learning paths, model speed, training throughput, UMAP, app latency")
+    bench = sub.add_parser(
+        "bench", help="benchmarks: Offset Learning paths, model speed, training throughput, UMAP, app latency"
+    )
     bsub = bench.add_subparsers(dest="bench_command", required=True)
     ol = bsub.add_parser("ol", help="plain vs fused Offset Learning (time and peak memory)")
     ol.add_argument("--num-classes", type=int, default=150)
