@@ -33,8 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--runtime",
         nargs="+",
         default=["torch"],
-        choices=["torch", "onnxruntime"],
-        help="runtimes to time (onnxruntime exports each model first; needs the deploy extra)",
+        choices=["torch", "onnxruntime", "inductor"],
+        help="runtimes to time (onnxruntime exports each model first and needs the deploy extra; inductor is "
+        "torch.compile with the inductor backend, its compile time reported apart from the latency)",
     )
     speed.add_argument("--out", default="docs", help="folder for benchmarks.json and benchmarks.md")
     speed.set_defaults(func=_speed)

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from offseg_vis.bench.model_cost import count_gmacs, count_parameters
 from offseg_vis.bench.timing import paired_ratio, time_call, time_interleaved
 from offseg_vis.deploy.onnx_export import OnnxRuntimeModel, compare_with_torch, export_onnx
 from offseg_vis.engine.runtime import environment
 from offseg_vis.models import build_model
+from offseg_vis.models.cost import count_gmacs, count_parameters
 from offseg_vis.models.weights import atomic_write_text
 
 DEFAULT_MODELS = ("offseg-mbv2", "offseg-t", "offseg-b", "offseg-l", "segformer-b0", "segnext-t")
@@ -68,7 +68,7 @@ def _stats(t: dict) -> dict:
     return {k: v for k, v in t.items() if k != "times_s"}
 
 
-RUNTIMES = ("torch", "onnxruntime")
+RUNTIMES = ("torch", "onnxruntime", "inductor")
 # docs/benchmarks.md: everything from this line on is written by hand and kept by run_and_write.
 KEEP_MARKER = "<!-- sections below are written by hand; offseg bench speed keeps them -->"
 
@@ -82,6 +82,40 @@ def _onnxruntime_forward(model: torch.nn.Module, size: int, folder: str):
     check = compare_with_torch(model, runtime, (size, size))
     x = torch.randn(1, 3, size, size).numpy()
     return (lambda: runtime(x)), check
+
+
+def _inductor_forward(model: torch.nn.Module, size: int, device: str):
+    """``torch.compile(model, backend="inductor")`` as a no-argument callable, with the compile time
+    (the first call, which traces and builds the C++/OpenMP kernels) and max |compiled − eager| of
+    the logits. Shapes are static (``dynamic=False``): one size is timed, so no symbolic kernels."""
+    import torch._dynamo
+
+    model = model.to(device).eval()
+    x = torch.randn(1, 3, size, size, device=device)
+    with torch.inference_mode():
+        ref = model(x)
+        explain = torch._dynamo.explain(model)(x)  # graph breaks: each one splits the compiled program
+    torch._dynamo.reset()  # a fresh cache: the compile time below is this model's alone
+    compiled = torch.compile(model, backend="inductor", dynamic=False)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        got = compiled(x)
+    compile_s = time.perf_counter() - t0
+    check = {
+        "compile_s": compile_s,
+        "max_abs_diff": float((got - ref).abs().max()),
+        "logit_scale": float(ref.abs().max()),
+        "graph_breaks": int(explain.graph_break_count),
+        "graphs": int(explain.graph_count),
+        "break_reasons": sorted({str(b.reason).splitlines()[0] for b in explain.break_reasons})[:5],
+    }
+    cuda = device == "cuda"
+
+    def run():
+        with torch.inference_mode(), torch.autocast(device_type="cuda", enabled=cuda):
+            compiled(x)
+
+    return run, check
 
 
 def benchmark_models(
@@ -100,7 +134,9 @@ def benchmark_models(
     ``segformer-b0`` is listed) runs once per round (:func:`~offseg_vis.bench.timing.time_interleaved`),
     so any ratio between two of them (offset/linear, model/model, ONNX Runtime/torch) is the median of
     per-round ratios under the same machine load. ``runtimes``: "torch" (eager, inference mode) and/or
-    "onnxruntime" (the model exported at this fixed size, ONNX Runtime CPU, same thread count).
+    "onnxruntime" (the model exported at this fixed size, ONNX Runtime CPU, same thread count) and/or
+    "inductor" (``torch.compile``, inductor backend, static shapes; compile time, graph breaks and
+    max |compiled − eager| are reported beside the steady-state latency, which excludes compilation).
     """
     unknown = [r for r in runtimes if r not in RUNTIMES]
     if unknown or not runtimes:
@@ -126,6 +162,9 @@ def benchmark_models(
                 if "onnxruntime" in runtimes:
                     fn, checks[name, classifier] = _onnxruntime_forward(model, size, folder)
                     calls[f"{name}/{classifier}/onnxruntime"] = fn
+                if "inductor" in runtimes:
+                    fn, checks[name, classifier, "inductor"] = _inductor_forward(model, size, device)
+                    calls[f"{name}/{classifier}/inductor"] = fn
         if hf is not None:
             calls["hf_peer"] = hf[0]
         timed = time_interleaved(calls, warmup=warmup, runs=runs, cuda=device == "cuda")
@@ -144,6 +183,13 @@ def benchmark_models(
                     "over_torch_latency": paired_ratio(o["times_s"], t["times_s"]),
                     **checks[name, classifier],
                 }
+            if "inductor" in runtimes:
+                o = timed[f"{name}/{classifier}/inductor"]
+                r["inductor"] = {
+                    **_stats(o),
+                    "over_torch_latency": paired_ratio(o["times_s"], t["times_s"]),
+                    **checks[name, classifier, "inductor"],
+                }
         row["offset_over_linear_latency"] = paired_ratio(
             timed[f"{name}/offset/torch"]["times_s"], timed[f"{name}/linear/torch"]["times_s"]
         )
@@ -159,6 +205,12 @@ def benchmark_models(
         ort = ""
         if "onnxruntime" in runtimes:
             ort = f", onnxruntime offset {row['offset']['onnxruntime']['median_s'] * 1e3:.0f} ms"
+        if "inductor" in runtimes:
+            ind = row["offset"]["inductor"]
+            ort += (
+                f", inductor offset {ind['median_s'] * 1e3:.0f} ms (x{ind['over_torch_latency']:.2f} eager; "
+                f"compiled in {ind['compile_s']:.0f} s, {ind['graph_breaks']} graph breaks)"
+            )
         print(
             f"  {name}: linear {row['linear']['median_s'] * 1e3:.0f} ms, offset {row['offset']['median_s'] * 1e3:.0f} "
             f"ms (paired ratio x{row['offset_over_linear_latency']:.3f}){ort}",
@@ -186,12 +238,14 @@ def format_markdown(result: dict) -> str:
         f"dense fp32 matmul peak {result['matmul_gflops']:.0f} GFLOP/s (2048² torch.mm)"
     )
     ort = "onnxruntime" in result.get("runtimes", ())
+    ind = "inductor" in result.get("runtimes", ())
     lines = [
         f"Measured on: {env}; every call interleaved with every other, round by round.",
         "",
         "| model | classifier | params (M) | GMACs | median ms | min ms | offset/linear latency | % of matmul peak |"
-        + (" ONNX Runtime ms | ORT/torch | ORT max abs diff |" if ort else ""),
-        "|---|---|---|---|---|---|---|---|" + ("---|---|---|" if ort else ""),
+        + (" ONNX Runtime ms | ORT/torch | ORT max abs diff |" if ort else "")
+        + (" inductor ms | inductor/eager | compile s | graph breaks | inductor max abs diff |" if ind else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|---|---|" if ort else "") + ("---|---|---|---|---|" if ind else ""),
     ]
     for row in result["models"]:
         for classifier in ("linear", "offset"):
@@ -205,6 +259,13 @@ def format_markdown(result: dict) -> str:
                     f" {r['onnxruntime']['median_s'] * 1e3:.0f} | ×{r['onnxruntime']['over_torch_latency']:.2f} | "
                     f"{r['onnxruntime']['max_abs_diff']:.1e} |"
                     if ort
+                    else ""
+                )
+                + (
+                    f" {r['inductor']['median_s'] * 1e3:.0f} | ×{r['inductor']['over_torch_latency']:.2f} | "
+                    f"{r['inductor']['compile_s']:.0f} | {r['inductor']['graph_breaks']} | "
+                    f"{r['inductor']['max_abs_diff']:.1e} |"
+                    if ind
                     else ""
                 )
             )
