@@ -17,7 +17,7 @@ COMMAND_MODULES = (
     "offseg_vis.data.commands",
     "offseg_vis.engine.commands",
     "offseg_vis.engine.export",
-    "offseg_vis.models.commands",
+    "offseg_vis.model_commands",
     "offseg_vis.experiment.cli",
     "offseg_vis.bench.commands",
     "offseg_vis.app.commands",

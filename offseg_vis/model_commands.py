@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from offseg_vis.bench.model_cost import format_markdown, measure_zoo
 from offseg_vis.data.class_names import DATASET_CLASSES, classes_for
+from offseg_vis.models.cost import format_markdown, measure_zoo
 from offseg_vis.models.registry import convert_checkpoint
 
 

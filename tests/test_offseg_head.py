@@ -150,5 +150,5 @@ def test_bad_inputs_raise_clear_errors():
         head(feats)
     with pytest.raises(ConfigError):
         OffSegHead([8, 16, 24, 32], [32, 32, 32], num_classes=5)
-    with pytest.raises(ConfigError, match="GN groups"):
+    with pytest.raises(ConfigError, match="GroupNorm with 32 groups needs a channel count divisible by 32"):
         OffSegHead([8, 16, 24, 32], [16, 32, 32, 32], num_classes=5)

@@ -13,10 +13,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
 
 from offseg_vis.data.datasets import canonical_name
-from offseg_vis.engine.config import Config, DataConfig, as_pair, from_dict
+from offseg_vis.engine.config import Config, DataConfig, as_pair, from_dict, load_config
 from offseg_vis.engine.run import datasets_for, evaluate_split, load_run
+from offseg_vis.engine.train import train
 from offseg_vis.errors import ConfigError, InputError
 from offseg_vis.models.weights import atomic_write_text
 
@@ -86,7 +89,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _device(name: str):
-    import torch
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -116,9 +118,6 @@ def _split_train_args(rest: list[str], resume: bool, work_dir: str | None) -> tu
 
 
 def _train_command(args: argparse.Namespace) -> int:
-    from offseg_vis.engine.config import load_config
-    from offseg_vis.engine.train import train
-
     overrides, resume, work_dir = _split_train_args(args.overrides, args.resume, args.work_dir)
     config = load_config(args.config, overrides)
     result = train(config, resume=resume, work_dir=work_dir)
@@ -200,8 +199,6 @@ def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
 
 def _images_to_predict(args: argparse.Namespace, meta: dict):
     """(image uint8 (H, W, 3), name, source) for each input: the files given, or the stored dataset."""
-    from PIL import Image, UnidentifiedImageError
-
     if args.root is None:
         if not args.images:
             raise ConfigError("offseg predict needs image files, or --root DIR for the images of a stored dataset.")
@@ -231,8 +228,6 @@ def _images_to_predict(args: argparse.Namespace, meta: dict):
 
 
 def _predict_command(args: argparse.Namespace) -> int:
-    import torch
-    from PIL import Image
 
     device = _device(args.device)
     run = load_run(args.checkpoint, device)

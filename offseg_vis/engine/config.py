@@ -22,6 +22,7 @@ import yaml
 
 from offseg_vis.errors import ConfigError
 from offseg_vis.models.layers import as_pair  # noqa: F401  (re-exported: engine callers import it from here)
+from offseg_vis.models.weights import atomic_write_text
 
 
 @dataclass
@@ -457,6 +458,4 @@ def config_to_yaml(config: Config) -> str:
 
 def save_config(config: Config, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
-    from offseg_vis.models.weights import atomic_write_text
-
     atomic_write_text(path, config_to_yaml(config))

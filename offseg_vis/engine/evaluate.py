@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from offseg_vis.constants import IGNORE_INDEX
 
@@ -256,8 +257,6 @@ def evaluate(
     model.eval()
     bar = None
     if progress and rank == 0:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=len(indices), desc="eval", unit="img", leave=False, dynamic_ncols=True)
     try:
         for start in range(0, len(indices), batch_size):

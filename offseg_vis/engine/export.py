@@ -12,13 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from offseg_vis.bench.model_cost import count_gmacs, count_parameters
 from offseg_vis.data.fashion_scenes import GENERATOR_VERSION, FashionScenesConfig
 from offseg_vis.engine.checkpoint import git_commit, load_model
 from offseg_vis.engine.config import from_dict
 from offseg_vis.engine.run import datasets_for, evaluate_split
 from offseg_vis.engine.runtime import environment
 from offseg_vis.errors import CheckpointError
+from offseg_vis.models.cost import count_gmacs, count_parameters
 from offseg_vis.models.weights import save_weights
 
 

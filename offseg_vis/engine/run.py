@@ -25,6 +25,7 @@ from offseg_vis.engine.checkpoint import load_model
 from offseg_vis.engine.config import Config, TestConfig, as_pair
 from offseg_vis.engine.evaluate import SegMetrics, evaluate
 from offseg_vis.errors import ConfigError
+from offseg_vis.models.weights import weights_path
 
 ROLES = ("train", "val")
 
@@ -192,8 +193,6 @@ def load_run(checkpoint: str | Path, device: str | torch.device = "cpu") -> Load
     Raises:
         CheckpointError: missing or damaged file, or a card that does not name its model.
     """
-    from offseg_vis.models.weights import weights_path
-
     model, card = load_model(checkpoint, device)
     return LoadedRun(
         path=weights_path(checkpoint),

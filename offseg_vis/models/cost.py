@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from offseg_vis.models.zoo import MODELS, build_model, list_models
+from offseg_vis.models.registry import build_model, list_models, model_entry
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -28,8 +28,8 @@ def count_gmacs(model: torch.nn.Module, size: int = 512) -> float:
 def measure_zoo(names: list[str] | None = None, size: int = 512, num_classes: int = 150) -> list[dict]:
     """One row per (model, classifier): measured params/GMACs and the paper's where printed."""
     rows = []
-    for name in names or [n for n in list_models() if n in MODELS]:
-        spec = MODELS.get(name)
+    for name in names or list_models(cost_table=True):
+        spec = model_entry(name)
         for classifier in ("linear", "offset"):
             model = build_model(name, num_classes=num_classes, classifier=classifier)
             rows.append(

@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from offseg_vis.errors import CheckpointError
+from offseg_vis.models.offset_learning import LinearClassifier, OffsetLearning
 
 SUFFIX = ".safetensors"
 METADATA_KEY = "offseg"
@@ -57,8 +58,6 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 def classifier_kind(model: nn.Module) -> str | None:
     """'offset' or 'linear' for a Segmentor (by its classifier's type); None if unknown."""
-    from offseg_vis.models.offset_learning import LinearClassifier, OffsetLearning
-
     model = unwrap_model(model)
     head = getattr(model, "decode_head", None)
     clf = getattr(head, "classifier", None)

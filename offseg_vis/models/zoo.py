@@ -27,12 +27,8 @@ from offseg_vis.models.heads.fpn_head import SimpleFPNHead
 from offseg_vis.models.heads.lightham_head import LightHamHead
 from offseg_vis.models.heads.offseg_head import OffSegHead
 from offseg_vis.models.heads.segformer_head import SegFormerHead
-
-# build_model and list_models are re-exported for callers that still import them from here
-# (bench.model_cost, engine.train); new code imports them from offseg_vis.models.
 from offseg_vis.models.registry import (
     ModelEntry,
-    build_model,
     list_models,
     model_entry,
     register_converter,
@@ -204,10 +200,8 @@ MODELS: dict[str, ModelEntry] = {
 __all__ = [
     "MODELS",
     "SegmentorConfig",
-    "build_model",
     "build_segmentor",
     "efficientformer_weights",
-    "list_models",
     "mmseg_backbone_weights",
     "mobilenet_weights",
 ]

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from offseg_vis.errors import CheckpointError, ConfigError, InputError
 from offseg_vis.models.key_accounting import misfit_parts
+from offseg_vis.models.layers import conv_norm_act, drop_path
 from offseg_vis.models.safe_pickle import safe_load
 
 __all__ = [
@@ -105,21 +106,9 @@ IMAGENET_RESOLUTION = 224
 # --------------------------------------------------------------------------------------------------
 
 
-def drop_path(x: Tensor, rate: float, training: bool) -> Tensor:
-    """Stochastic depth: zero whole samples of a residual branch x (B, ...) with probability ``rate``."""
-    if rate == 0.0 or not training:
-        return x
-    keep = 1.0 - rate
-    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-    return x * mask / keep
-
-
 def conv_bn(cin: int, cout: int, kernel: int = 1, stride: int = 1, groups: int = 1) -> nn.Sequential:
     """Conv (with bias, as in the official model) followed by BatchNorm; keys ``0.*`` and ``1.*``."""
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, groups=groups),
-        nn.BatchNorm2d(cout),
-    )
+    return conv_norm_act(cin, cout, kernel, act=None, stride=stride, groups=groups, bias=True)
 
 
 def relative_bias_index(query_grid: int, key_grid: int) -> Tensor:
@@ -311,7 +300,7 @@ class LGQuery(nn.Module):
 
     def __init__(self, dim: int, out_dim: int) -> None:
         super().__init__()
-        self.local = nn.Sequential(nn.Conv2d(dim, dim, 3, stride=2, padding=1, groups=dim))
+        self.local = conv_norm_act(dim, dim, 3, norm=None, act=None, stride=2, groups=dim, bias=True)
         self.proj = conv_bn(dim, out_dim)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -52,8 +52,6 @@ class SimpleFPNHead(nn.Module):
             x = lateral(feat) + F.interpolate(x, size=feat.shape[-2:], mode="bilinear", align_corners=False)
         return self.smooth(x)
 
-    def forward(
-        self, features: list[Tensor], return_intermediates: bool = False
-    ) -> Tensor | ClassifierOutput:
+    def forward(self, features: list[Tensor], return_intermediates: bool = False) -> Tensor | ClassifierOutput:
         """4 maps -> logits (B, K, H/4, W/4), or the classifier's ClassifierOutput."""
         return self.classifier(self.decode(features), return_intermediates=return_intermediates)

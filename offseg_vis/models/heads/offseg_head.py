@@ -21,30 +21,12 @@ from torch import Tensor, nn
 
 from offseg_vis.errors import ConfigError, InputError
 from offseg_vis.models.freqfusion import FreqFusion
+from offseg_vis.models.layers import ConvNormAct
 from offseg_vis.models.offset_learning import ClassifierOutput, build_classifier
 
-__all__ = ["ConvGNReLU", "OffSegHead", "group_interleave"]
+__all__ = ["OffSegHead", "group_interleave"]
 
 INTERLEAVE_GROUPS = 4
-
-
-class ConvGNReLU(nn.Module):
-    """1×1 Conv (no bias) + GroupNorm + ReLU; keys ``conv.weight``, ``gn.weight``, ``gn.bias``.
-
-    (B, C_in, H, W) -> (B, C_out, H, W).
-    """
-
-    def __init__(self, cin: int, cout: int, num_groups: int = 32) -> None:
-        super().__init__()
-        if cout % num_groups:
-            raise ConfigError(f"ConvGNReLU: {cout} output channels are not divisible by {num_groups} GN groups.")
-        self.conv = nn.Conv2d(cin, cout, 1, bias=False)
-        self.gn = nn.GroupNorm(num_groups, cout)
-        self.act = nn.ReLU(inplace=True)
-        nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.act(self.gn(self.conv(x)))
 
 
 def group_interleave(a: Tensor, b: Tensor, groups: int = INTERLEAVE_GROUPS) -> Tensor:
@@ -95,7 +77,7 @@ class OffSegHead(nn.Module):
         self.new_channels = list(new_channels)
         self.num_classes = num_classes
         self.channels = channels
-        self.pre = nn.ModuleList(ConvGNReLU(cin, cout) for cin, cout in zip(in_channels, new_channels))
+        self.pre = nn.ModuleList(ConvNormAct(cin, cout, 1, norm="gn") for cin, cout in zip(in_channels, new_channels))
         coarse_to_fine = new_channels[::-1]
         running = coarse_to_fine[0]
         fusions = []
@@ -103,7 +85,7 @@ class OffSegHead(nn.Module):
             fusions.append(FreqFusion(hr_channels, running, compressed_channels=(hr_channels + running) // 4))
             running += hr_channels
         self.freqfusions = nn.ModuleList(fusions)
-        self.align = ConvGNReLU(running, channels)
+        self.align = ConvNormAct(running, channels, 1, norm="gn")
         self.classifier = build_classifier(classifier, num_classes, channels, **(classifier_options or {}))
 
     def decode(self, features: list[Tensor]) -> Tensor:
@@ -112,9 +94,7 @@ class OffSegHead(nn.Module):
             raise InputError(f"OffSegHead expects 4 feature maps, got {len(features)}.")
         for i, (feat, cin) in enumerate(zip(features, self.in_channels)):
             if feat.dim() != 4 or feat.shape[1] != cin:
-                raise InputError(
-                    f"OffSegHead input {i} should have shape (B, {cin}, H, W), got {tuple(feat.shape)}."
-                )
+                raise InputError(f"OffSegHead input {i} should have shape (B, {cin}, H, W), got {tuple(feat.shape)}.")
         maps = [pre(feat) for pre, feat in zip(self.pre, features)][::-1]  # coarse to fine
         running = maps[0]
         for fusion, hr in zip(self.freqfusions, maps[1:]):
