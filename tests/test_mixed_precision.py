@@ -90,3 +90,20 @@ def test_training_step_under_autocast_has_float32_gradients():
     logits.square().mean().backward()
     assert module.cls_repr.grad.dtype == torch.float32
     assert torch.isfinite(x.grad).all()
+
+
+def test_mask2former_offset_learning_runs_in_float32_under_autocast():
+    from offseg_vis.models.mask2former.offset_learning_mask import OffsetLearningMask
+
+    torch.manual_seed(0)
+    module = OffsetLearningMask(32).eval()
+    w, f = torch.randn(2, 10, 32), torch.randn(2, 32, 12, 16)
+    with torch.no_grad():
+        ref = module(w, f)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = module(w.bfloat16(), f.bfloat16())
+            inter = module(w.bfloat16(), f.bfloat16(), return_intermediates=True)
+    assert got.dtype == torch.float32 and inter.class_attention.dtype == torch.float32
+    # the only difference left is the bf16 rounding of the inputs (8 significant bits): relative 2^-8
+    rel = (got - ref).norm() / ref.norm()
+    assert rel < 2**-8 * 4, rel

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from offseg_vis.models.offset_learning import ClassifierOutput
+from offseg_vis.models.offset_learning import ClassifierOutput, _autocast_device
 
 
 def _check_inputs(mask_embed: Tensor, mask_features: Tensor) -> None:
@@ -64,6 +64,10 @@ class OffsetLearningMask(nn.Module):
         logits_before_norm = W'·E'ᵀ transposed (B, N, Q) (there is no norm).
         """
         _check_inputs(mask_embed, mask_features)
+        device = _autocast_device(mask_features)
+        if device is not None:  # float32 under autocast, as OffsetLearning (attention ~1/N underflows fp16)
+            with torch.autocast(device, enabled=False):
+                return self.forward(mask_embed.float(), mask_features.float(), return_intermediates)
         if return_intermediates:
             return self.full_forward(mask_embed, mask_features)
         b, c, h, w = mask_features.shape
