@@ -152,3 +152,14 @@ def test_inductor_runtime_equals_eager():
     # differences are a few ulps of the logits' magnitude
     assert check["max_abs_diff"] <= 1e-5 * max(check["logit_scale"], 1.0)
     assert check["graph_breaks"] == 0 and check["graphs"] == 1
+
+
+def test_int8_command_refuses_a_zoo_name_and_stray_flags(tmp_path, capsys):
+    from offseg_vis.cli import main
+
+    # calibration needs a checkpoint's config (its train split); a zoo name has none
+    assert main(["onnx", "offseg-mbv2", str(tmp_path / "x.onnx"), "--int8"]) == 2
+    assert "not a checkpoint" in capsys.readouterr().err
+    assert main(["onnx", "offseg-mbv2", str(tmp_path / "x.onnx"), "--evaluate"]) == 2
+    assert "belong to --int8" in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()
