@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from offseg_vis.bench.timing import paired_ratio, time_interleaved
 from offseg_vis.cli import main
+from offseg_vis.engine.timing import paired_ratio, time_interleaved
 
 
 def test_paired_ratio_is_the_median_of_per_round_ratios():

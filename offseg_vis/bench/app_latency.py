@@ -4,7 +4,7 @@ One "Segment" click as the page runs it, on a FashionScenes val scene rendered a
 as PNG (the upload): the segmentation panel alone (decode, one model run, gradio's encoding of the
 annotated image and the shares table), and all panels (that, then the twin comparison, the offset
 panels with the class attention, and the exploration panel: the map fitted once plus the clickable
-segmentation), timed round-robin with :func:`offseg_vis.bench.timing.time_interleaved`. Then the
+segmentation), timed round-robin with :func:`offseg_vis.engine.timing.time_interleaved`. Then the
 callback-level latency of clicks on random pixels of that image (the map is not refitted). The
 embedding map uses "auto" without the UMAP warm-up, i.e. PCA, as the app does until UMAP is compiled.
 """
@@ -23,8 +23,8 @@ from PIL import Image
 from offseg_vis.app import callbacks
 from offseg_vis.app.callbacks import AppContext, AppSettings
 from offseg_vis.app.testing import checkpoints_or_untrained
-from offseg_vis.bench.timing import time_call, time_interleaved
 from offseg_vis.engine.runtime import environment
+from offseg_vis.engine.timing import time_call, time_interleaved
 
 
 def scene_png(folder: Path, size: int) -> Path:

@@ -11,8 +11,8 @@ import weakref
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from offseg_vis.bench.timing import time_call
 from offseg_vis.engine.runtime import environment
+from offseg_vis.engine.timing import time_call
 from offseg_vis.models.offset_learning import OffsetLearning
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from offseg_vis.bench.timing import paired_ratio, time_call, time_interleaved
 from offseg_vis.deploy.onnx_export import OnnxRuntimeModel, compare_with_torch, export_onnx
 from offseg_vis.engine.runtime import environment
+from offseg_vis.engine.timing import paired_ratio, time_call, time_interleaved
 from offseg_vis.models import build_model
 from offseg_vis.models.cost import count_gmacs, count_parameters
 from offseg_vis.models.weights import atomic_write_text
@@ -131,7 +131,7 @@ def benchmark_models(
     returns a JSON-able dict.
 
     Every callable (each model × classifier × runtime, and the Hugging Face SegFormer-B0 peer when
-    ``segformer-b0`` is listed) runs once per round (:func:`~offseg_vis.bench.timing.time_interleaved`),
+    ``segformer-b0`` is listed) runs once per round (:func:`~offseg_vis.engine.timing.time_interleaved`),
     so any ratio between two of them (offset/linear, model/model, ONNX Runtime/torch) is the median of
     per-round ratios under the same machine load. ``runtimes``: "torch" (eager, inference mode) and/or
     "onnxruntime" (the model exported at this fixed size, ONNX Runtime CPU, same thread count) and/or

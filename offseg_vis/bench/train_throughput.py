@@ -12,10 +12,10 @@ from collections.abc import Sequence
 
 import torch
 
-from offseg_vis.bench.timing import paired_ratio, time_interleaved
 from offseg_vis.engine.config import OptimConfig
 from offseg_vis.engine.optim import build_optimizer
 from offseg_vis.engine.runtime import environment
+from offseg_vis.engine.timing import paired_ratio, time_interleaved
 from offseg_vis.models import build_model
 
 

@@ -135,7 +135,7 @@ def _int8(args: argparse.Namespace) -> int:
         for name, miou in scores.items():
             print(f"  {name}: mIoU {100 * miou:.2f} ({100 * (miou - scores['torch']):+.2f} vs torch)")
     if args.bench_sizes:
-        from offseg_vis.bench.timing import paired_ratio, time_interleaved
+        from offseg_vis.engine.timing import paired_ratio, time_interleaved
 
         print(
             f"latency: batch 1, {torch.get_num_threads()} threads (torch and ONNX Runtime), interleaved, "
