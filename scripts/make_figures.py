@@ -4,8 +4,9 @@
 
 Uses the shipped checkpoints ``checkpoints/offseg-mbv2_{offset,linear}.safetensors``; without them a small
 model is trained first (see ``offseg_vis.analysis.notebook_support.load_or_train``) and the summary says so.
-Writes ``misalignment_fig3.png``, ``misalignment_summary.png``, ``correction_map.png``,
-``umap_before_after.png`` and ``summary.md`` (the measured numbers, ready to quote).
+Writes ``twin_comparison.png`` (Offset Learning vs its per-pixel twin: the primary view),
+``misalignment_fig3.png``, ``misalignment_summary.png``, ``correction_map.png`` (the ablation with the
+offsets switched off), ``umap_before_after.png`` and ``summary.md`` (the measured numbers, ready to quote).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from offseg_vis.analysis import (
+    compare_to_baseline,
     correction_map,
     corrections_table,
     embed_pixels,
@@ -53,8 +55,13 @@ def main() -> None:
     offset_probes = probe(offset.model, images, labels)
     linear_probes = probe(linear.model, images, labels)
 
+    twin = compare_to_baseline(offset_probes, linear_probes, names)
     reports = misalignment_suite(offset_probes, linear_probes, names)
     save = {}
+    # the image where the two classifiers disagree most against the ground truth
+    changed = [t["fixed"] + t["broken"] for t in (twin.image_totals(i) for i in range(len(offset_probes)))]
+    pick = int(np.argmax(changed))
+    save["twin_comparison.png"] = plots.plot_twin_comparison(twin, pick, offset_probes[pick].image)
     save["misalignment_fig3.png"] = plots.plot_cosine_heatmap_comparison(reports)
     save["misalignment_summary.png"] = plots.plot_misalignment_summary(reports)
 
@@ -80,6 +87,9 @@ def main() -> None:
         "",
         "## Misalignment (W* = M·(Eᵀ)⁺ per image)",
         "",
+        "At rcond 1e-5 only. No ordering of two models holds across the regulariser sweep "
+        "(`offseg analyse sweep`, docs/misalignment_sweep.md); do not read one into these numbers.",
+        "",
         "```",
         summary_table(reports),
         "```",
@@ -96,7 +106,15 @@ def main() -> None:
         per_class_table(reports, "alignment"),
         "```",
         "",
-        f"## Correction map (offset model, {len(maps)} images; net fixed pixels = {fixed})",
+        f"## Offset Learning vs its per-pixel twin ({len(offset_probes)} images)",
+        "",
+        "```",
+        twin.summary(),
+        "",
+        twin.table(),
+        "```",
+        "",
+        f"## Ablation: offsets switched off (offset model, {len(maps)} images; net changed to right = {fixed})",
         "",
         f"Without its offsets (argmax of norm(E·Wᵀ)) the offset model scores mIoU "
         f"{100 * effect['mIoU_before']:.1f} % / aAcc {100 * effect['aAcc_before']:.1f} %; with them "
