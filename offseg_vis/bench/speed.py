@@ -118,6 +118,101 @@ def _inductor_forward(model: torch.nn.Module, size: int, device: str):
     return run, check
 
 
+def _check_runtimes(runtimes: tuple[str, ...]) -> tuple[str, ...]:
+    """``runtimes`` validated, with "torch" put first when missing (GMACs and the logit checks
+    need the torch model anyway)."""
+    unknown = [r for r in runtimes if r not in RUNTIMES]
+    if unknown or not runtimes:
+        raise ValueError(f"runtimes must be among {RUNTIMES}, got {list(runtimes)}.")
+    if "torch" not in runtimes:
+        runtimes = ("torch", *runtimes)
+    return runtimes
+
+
+def _build_calls(
+    names: tuple[str, ...], size: int, num_classes: int, runtimes: tuple[str, ...], device: str, folder: str
+) -> tuple[dict, dict, dict]:
+    """Every model × classifier × runtime as a forward callable -> (calls, costs, checks).
+
+    calls: "name/classifier/runtime" -> no-argument callable; costs: (name, classifier) -> (params M,
+    GMACs); checks: (name, classifier) -> ONNX Runtime check, (name, classifier, "inductor") -> the
+    inductor check. ONNX files are written into ``folder``, which must outlive the timing.
+    """
+    calls, costs, checks = {}, {}, {}
+    for name in names:
+        for classifier in ("linear", "offset"):
+            torch.manual_seed(0)
+            model = build_model(name, num_classes=11 if name == "offseg-mbv2" else num_classes, classifier=classifier)
+            costs[name, classifier] = (count_parameters(model) / 1e6, count_gmacs(model, size))
+            calls[f"{name}/{classifier}/torch"] = _forward(model, size, device)
+            if "onnxruntime" in runtimes:
+                fn, checks[name, classifier] = _onnxruntime_forward(model, size, folder)
+                calls[f"{name}/{classifier}/onnxruntime"] = fn
+            if "inductor" in runtimes:
+                fn, checks[name, classifier, "inductor"] = _inductor_forward(model, size, device)
+                calls[f"{name}/{classifier}/inductor"] = fn
+    return calls, costs, checks
+
+
+def _variant_entry(
+    name: str, classifier: str, timed: dict, costs: dict, checks: dict, runtimes: tuple[str, ...], peak: float
+) -> dict:
+    """One model variant's row: cost, torch latency statistics, achieved GFLOP/s against the matmul
+    ``peak``, and per extra runtime its latency, paired ratio over torch and its check."""
+    params_m, gmacs = costs[name, classifier]
+    t = timed[f"{name}/{classifier}/torch"]
+    r = {"params_m": params_m, "gmacs": gmacs, **_stats(t)}
+    r["achieved_gflops"] = 2 * gmacs / t["median_s"]
+    r["fraction_of_matmul_peak"] = r["achieved_gflops"] / peak
+    for runtime, check_key in (("onnxruntime", (name, classifier)), ("inductor", (name, classifier, "inductor"))):
+        if runtime in runtimes:
+            o = timed[f"{name}/{classifier}/{runtime}"]
+            r[runtime] = {
+                **_stats(o),
+                "over_torch_latency": paired_ratio(o["times_s"], t["times_s"]),
+                **checks[check_key],
+            }
+    return r
+
+
+def _model_row(
+    name: str, names: tuple[str, ...], timed: dict, costs: dict, checks: dict, runtimes: tuple[str, ...], peak: float
+) -> dict:
+    """One model's result row: both variants and the paired latency ratios (offset/linear, against
+    our SegFormer-B0 and the Hugging Face peer when they were timed)."""
+    row: dict = {"model": name}
+    for classifier in ("linear", "offset"):
+        row[classifier] = _variant_entry(name, classifier, timed, costs, checks, runtimes, peak)
+    offset_times = timed[f"{name}/offset/torch"]["times_s"]
+    row["offset_over_linear_latency"] = paired_ratio(offset_times, timed[f"{name}/linear/torch"]["times_s"])
+    if "segformer-b0" in names:
+        row["offset_over_segformer_b0_offset"] = paired_ratio(
+            offset_times, timed["segformer-b0/offset/torch"]["times_s"]
+        )
+        if "hf_peer" in timed:
+            row["offset_over_hf_segformer_b0"] = paired_ratio(offset_times, timed["hf_peer"]["times_s"])
+    return row
+
+
+def _print_row(row: dict, runtimes: tuple[str, ...]) -> None:
+    """One progress line per model: latencies of both variants and of the extra runtimes."""
+    ort = ""
+    if "onnxruntime" in runtimes:
+        ort = f", onnxruntime offset {row['offset']['onnxruntime']['median_s'] * 1e3:.0f} ms"
+    if "inductor" in runtimes:
+        ind = row["offset"]["inductor"]
+        ort += (
+            f", inductor offset {ind['median_s'] * 1e3:.0f} ms (x{ind['over_torch_latency']:.2f} eager; "
+            f"compiled in {ind['compile_s']:.0f} s, {ind['graph_breaks']} graph breaks)"
+        )
+    linear_ms, offset_ms = row["linear"]["median_s"] * 1e3, row["offset"]["median_s"] * 1e3
+    print(
+        f"  {row['model']}: linear {linear_ms:.0f} ms, offset {offset_ms:.0f} "
+        f"ms (paired ratio x{row['offset_over_linear_latency']:.3f}){ort}",
+        flush=True,
+    )
+
+
 def benchmark_models(
     names: tuple[str, ...] = DEFAULT_MODELS,
     size: int = 512,
@@ -138,84 +233,22 @@ def benchmark_models(
     "inductor" (``torch.compile``, inductor backend, static shapes; compile time, graph breaks and
     max |compiled − eager| are reported beside the steady-state latency, which excludes compilation).
     """
-    unknown = [r for r in runtimes if r not in RUNTIMES]
-    if unknown or not runtimes:
-        raise ValueError(f"runtimes must be among {RUNTIMES}, got {list(runtimes)}.")
-    if "torch" not in runtimes:
-        runtimes = ("torch", *runtimes)  # GMACs and the logit checks need the torch model anyway
+    runtimes = _check_runtimes(runtimes)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
     result = {"size": size, "warmup": warmup, "runs": runs, "runtimes": list(runtimes), **environment(), "models": []}
     result["matmul_gflops"] = matmul_gflops()
     hf = _hf_segformer_b0(size, device) if with_hf_peer and "segformer-b0" in names else None
-    calls, costs, checks = {}, {}, {}
-    with tempfile.TemporaryDirectory() as folder:
-        for name in names:
-            for classifier in ("linear", "offset"):
-                torch.manual_seed(0)
-                model = build_model(
-                    name, num_classes=11 if name == "offseg-mbv2" else num_classes, classifier=classifier
-                )
-                costs[name, classifier] = (count_parameters(model) / 1e6, count_gmacs(model, size))
-                calls[f"{name}/{classifier}/torch"] = _forward(model, size, device)
-                if "onnxruntime" in runtimes:
-                    fn, checks[name, classifier] = _onnxruntime_forward(model, size, folder)
-                    calls[f"{name}/{classifier}/onnxruntime"] = fn
-                if "inductor" in runtimes:
-                    fn, checks[name, classifier, "inductor"] = _inductor_forward(model, size, device)
-                    calls[f"{name}/{classifier}/inductor"] = fn
+    with tempfile.TemporaryDirectory() as folder:  # the ONNX files must live until the timing ends
+        calls, costs, checks = _build_calls(names, size, num_classes, runtimes, device, folder)
         if hf is not None:
             calls["hf_peer"] = hf[0]
         timed = time_interleaved(calls, warmup=warmup, runs=runs, cuda=device == "cuda")
     for name in names:
-        row: dict = {"model": name}
-        for classifier in ("linear", "offset"):
-            params_m, gmacs = costs[name, classifier]
-            t = timed[f"{name}/{classifier}/torch"]
-            r = row[classifier] = {"params_m": params_m, "gmacs": gmacs, **_stats(t)}
-            r["achieved_gflops"] = 2 * gmacs / t["median_s"]
-            r["fraction_of_matmul_peak"] = r["achieved_gflops"] / result["matmul_gflops"]
-            if "onnxruntime" in runtimes:
-                o = timed[f"{name}/{classifier}/onnxruntime"]
-                r["onnxruntime"] = {
-                    **_stats(o),
-                    "over_torch_latency": paired_ratio(o["times_s"], t["times_s"]),
-                    **checks[name, classifier],
-                }
-            if "inductor" in runtimes:
-                o = timed[f"{name}/{classifier}/inductor"]
-                r["inductor"] = {
-                    **_stats(o),
-                    "over_torch_latency": paired_ratio(o["times_s"], t["times_s"]),
-                    **checks[name, classifier, "inductor"],
-                }
-        row["offset_over_linear_latency"] = paired_ratio(
-            timed[f"{name}/offset/torch"]["times_s"], timed[f"{name}/linear/torch"]["times_s"]
-        )
-        if "segformer-b0" in names:
-            row["offset_over_segformer_b0_offset"] = paired_ratio(
-                timed[f"{name}/offset/torch"]["times_s"], timed["segformer-b0/offset/torch"]["times_s"]
-            )
-            if hf is not None:
-                row["offset_over_hf_segformer_b0"] = paired_ratio(
-                    timed[f"{name}/offset/torch"]["times_s"], timed["hf_peer"]["times_s"]
-                )
+        row = _model_row(name, names, timed, costs, checks, runtimes, result["matmul_gflops"])
         result["models"].append(row)
-        ort = ""
-        if "onnxruntime" in runtimes:
-            ort = f", onnxruntime offset {row['offset']['onnxruntime']['median_s'] * 1e3:.0f} ms"
-        if "inductor" in runtimes:
-            ind = row["offset"]["inductor"]
-            ort += (
-                f", inductor offset {ind['median_s'] * 1e3:.0f} ms (x{ind['over_torch_latency']:.2f} eager; "
-                f"compiled in {ind['compile_s']:.0f} s, {ind['graph_breaks']} graph breaks)"
-            )
-        print(
-            f"  {name}: linear {row['linear']['median_s'] * 1e3:.0f} ms, offset {row['offset']['median_s'] * 1e3:.0f} "
-            f"ms (paired ratio x{row['offset_over_linear_latency']:.3f}){ort}",
-            flush=True,
-        )
+        _print_row(row, runtimes)
     if hf is not None:
         result["hf_segformer_b0"] = {
             "params_m": hf[1],
