@@ -338,6 +338,82 @@ def _appearance_shift(image: np.ndarray, rng: np.random.Generator, style: float)
     return image.astype(np.float32)
 
 
+def _choose_item(
+    pool: FashionMNISTSplit,
+    rng: np.random.Generator,
+    config: FashionScenesConfig,
+    scene_classes: np.ndarray | None,
+    by_class: list[np.ndarray] | None,
+) -> tuple[int, int, bool, np.ndarray | None]:
+    """Draw one item from ``rng`` -> (Fashion-MNIST index, side, flip, tint or None).
+
+    Draw order (fixed: it defines every scene): the item (or its class then the item), the side,
+    the flip, the tint.
+    """
+    if scene_classes is None:
+        item = int(rng.integers(0, len(pool.images)))
+    else:
+        candidates = by_class[int(scene_classes[int(rng.integers(0, len(scene_classes)))])]
+        item = int(candidates[int(rng.integers(0, len(candidates)))])
+    side = int(rng.integers(config.item_min, config.item_max + 1))
+    flip = bool(rng.random() < 0.5)
+    tint = _tint(rng, config)
+    return item, side, flip, tint
+
+
+def _render_and_place(
+    pool: FashionMNISTSplit,
+    item: int,
+    side: int,
+    flip: bool,
+    tint: np.ndarray | None,
+    owner: np.ndarray,
+    areas: list[int],
+    rng: np.random.Generator,
+    config: FashionScenesConfig,
+    looks: list | None,
+) -> tuple[np.ndarray, np.ndarray, int, tuple[int, int] | None]:
+    """Render ``item`` at the drawn ``side`` and look for a place; on failure retry once at the
+    smallest side. -> (silhouette bool (s, s), colour float32 (s, s, 3), s, (y, x) or None).
+
+    Placement draws come from ``rng`` (the item stream), in the same order as the attempts.
+    """
+    placed = None
+    for attempt_side in dict.fromkeys((side, config.item_min)):  # the drawn size, then the smallest
+        silhouette, colour = _render_item(
+            pool,
+            item,
+            attempt_side,
+            flip,
+            tint,
+            config.silhouette_threshold,
+            look=looks[int(pool.labels[item])] if looks else None,
+            look_strength=config.class_style,
+            scene_scale=owner.shape[0] / 128,
+        )
+        if not silhouette.any():
+            break
+        placed = _place(silhouette, owner, areas, rng, config)
+        if placed is not None:
+            side = attempt_side
+            break
+    return silhouette, colour, side, placed
+
+
+def _item_entry(item: int, class_id: int, side: int, y: int, x: int, flip: bool, tint, area: int) -> dict:
+    """The :class:`SceneInfo` record of one placed item ("visible" is filled in at the end)."""
+    return {
+        "fmnist_index": item,
+        "class_id": class_id,
+        "size": side,
+        "x": x,
+        "y": y,
+        "flip": flip,
+        "tint": None if tint is None else [round(float(c), 6) for c in tint],
+        "area": area,
+    }
+
+
 def generate_scene_with_info(
     split: str, index: int, config: FashionScenesConfig | None = None, fmnist: str | Path | None = None
 ) -> tuple[np.ndarray, np.ndarray, SceneInfo]:
@@ -358,7 +434,7 @@ def generate_scene_with_info(
     seqs = np.random.SeedSequence([config.seed, SPLITS[split], index]).spawn(4)
     bg_rng, item_rng, style_rng, look_rng = (np.random.default_rng(s) for s in seqs)
     looks = draw_class_looks(look_rng, config) if config.class_style > 0 else None
-    scene_classes = None
+    scene_classes = by_class = None
     if config.classes_per_scene > 0:
         scene_classes = look_rng.choice(len(FMNIST_CLASSES), size=config.classes_per_scene, replace=False)
         by_class = _indices_by_class(pool)
@@ -373,33 +449,10 @@ def generate_scene_with_info(
     areas: list[int] = []
 
     for _ in range(int(item_rng.integers(config.min_items, config.max_items + 1))):
-        if scene_classes is None:
-            item = int(item_rng.integers(0, len(pool.images)))
-        else:
-            candidates = by_class[int(scene_classes[int(item_rng.integers(0, len(scene_classes)))])]
-            item = int(candidates[int(item_rng.integers(0, len(candidates)))])
-        side = int(item_rng.integers(config.item_min, config.item_max + 1))
-        flip = bool(item_rng.random() < 0.5)
-        tint = _tint(item_rng, config)
-        placed = None
-        for attempt_side in dict.fromkeys((side, config.item_min)):  # the drawn size, then the smallest
-            silhouette, colour = _render_item(
-                pool,
-                item,
-                attempt_side,
-                flip,
-                tint,
-                config.silhouette_threshold,
-                look=looks[int(pool.labels[item])] if looks else None,
-                look_strength=config.class_style,
-                scene_scale=size / 128,
-            )
-            if not silhouette.any():
-                break
-            placed = _place(silhouette, owner, areas, item_rng, config)
-            if placed is not None:
-                side = attempt_side
-                break
+        item, side, flip, tint = _choose_item(pool, item_rng, config, scene_classes, by_class)
+        silhouette, colour, side, placed = _render_and_place(
+            pool, item, side, flip, tint, owner, areas, item_rng, config, looks
+        )
         if placed is None:
             info.dropped += 1
             continue
@@ -409,18 +462,7 @@ def generate_scene_with_info(
         mask[window][silhouette] = int(pool.labels[item]) + 1
         owner[window][silhouette] = len(areas)
         areas.append(int(silhouette.sum()))
-        info.items.append(
-            {
-                "fmnist_index": item,
-                "class_id": int(pool.labels[item]) + 1,
-                "size": side,
-                "x": x,
-                "y": y,
-                "flip": flip,
-                "tint": None if tint is None else [round(float(c), 6) for c in tint],
-                "area": areas[-1],
-            }
-        )
+        info.items.append(_item_entry(item, int(pool.labels[item]) + 1, side, y, x, flip, tint, areas[-1]))
     visible = np.bincount(owner[owner >= 0], minlength=len(areas))
     for entry, count in zip(info.items, visible):
         entry["visible"] = int(count)
