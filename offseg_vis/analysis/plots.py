@@ -158,6 +158,40 @@ def plot_segmentation_grid(
     return fig
 
 
+def _paint_codes(codes: np.ndarray, colours: Mapping[int, Sequence[int]]) -> np.ndarray:
+    """(H, W) integer codes -> (H, W, 3) uint8 colours from a code -> RGB table; codes not in it stay black."""
+    out = np.zeros((*codes.shape, 3), dtype=np.uint8)
+    for code, rgb in colours.items():
+        out[codes == code] = rgb
+    return out
+
+
+def _map_and_bars_figure(image: np.ndarray | None, height: float):
+    """The (image,) code map, per-class bars layout: returns (figure, map axes, bar axes); the image, when
+    given, is drawn in the first panel."""
+    n_img = 2 if image is not None else 1
+    fig = new_figure(3.3 * n_img + 4.5, height)
+    axes = fig.subplots(1, n_img + 1, width_ratios=[1] * n_img + [1.4])
+    if image is not None:
+        axes[0].imshow(image)
+        axes[0].set_title("image")
+        axes[0].axis("off")
+    return fig, axes[n_img - 1], axes[-1]
+
+
+def _stacked_class_bars(bar_ax, columns, colours, labels, class_names) -> None:
+    """Horizontal bars stacked per class: ``columns`` are K-long pixel counts, one per (colour, label)."""
+    y = np.arange(len(class_names))
+    left = np.zeros(len(class_names))
+    for vals, rgb, label in zip(columns, colours, labels, strict=True):
+        bar_ax.barh(y, vals, left=left, color=np.array(rgb) / 255, label=label)
+        left += vals
+    bar_ax.set_yticks(y, class_names, fontsize=8)
+    bar_ax.invert_yaxis()
+    bar_ax.set_xlabel("pixels")
+    bar_ax.legend(fontsize=7, frameon=False)
+
+
 def plot_correction_map(
     cmap: CorrectionMap, image: np.ndarray | None = None, class_names: Sequence[str] | None = None
 ) -> Figure:
@@ -165,18 +199,8 @@ def plot_correction_map(
     per-pixel code map and per-class counts of changed pixels. Not a comparison with a trained baseline: for
     that, see :func:`plot_twin_comparison`."""
     names = _names(class_names, cmap.num_classes)
-    colours = np.zeros((*cmap.codes.shape, 3), dtype=np.uint8)
-    for code, rgb in CODE_COLORS.items():
-        colours[cmap.codes == code] = rgb
-    n_img = 2 if image is not None else 1
-    fig = new_figure(3.3 * n_img + 4.5, 3.6)
-    axes = fig.subplots(1, n_img + 1, width_ratios=[1] * n_img + [1.4])
-    if image is not None:
-        axes[0].imshow(image)
-        axes[0].set_title("image")
-        axes[0].axis("off")
-    ax = axes[n_img - 1]
-    ax.imshow(colours)
+    fig, ax, bar_ax = _map_and_bars_figure(image, height=3.6)
+    ax.imshow(_paint_codes(cmap.codes, CODE_COLORS))
     counts = cmap.counts()
     ax.set_title("ablation: offsets switched off\n(ΔW = ΔE = 0 → with offsets)", fontsize=9)
     ax.axis("off")
@@ -191,28 +215,21 @@ def plot_correction_map(
     ]
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), fontsize=7, frameon=False, ncol=2)
     # Per-class counts of pixels whose class changed (UNCHANGED omitted: it dwarfs the rest).
-    bar_ax = axes[-1]
     changed_codes = [c for c in cmap.code_order if CODE_NAMES[c] != "unchanged"]
-    left = np.zeros(cmap.num_classes)
-    y = np.arange(cmap.num_classes)
-    for c in changed_codes:
-        vals = cmap.class_counts[:, cmap.code_order.index(c)]
-        bar_ax.barh(y, vals, left=left, color=np.array(CODE_COLORS[c]) / 255, label=CODE_NAMES[c])
-        left += vals
-    bar_ax.set_yticks(y, names, fontsize=8)
-    bar_ax.invert_yaxis()
-    bar_ax.set_xlabel("pixels")
+    _stacked_class_bars(
+        bar_ax,
+        [cmap.class_counts[:, cmap.code_order.index(c)] for c in changed_codes],
+        [CODE_COLORS[c] for c in changed_codes],
+        [CODE_NAMES[c] for c in changed_codes],
+        names,
+    )
     bar_ax.set_title("changed pixels per class" + (" (ground truth)" if cmap.has_label else " (after)"))
-    bar_ax.legend(fontsize=7, frameon=False)
     return fig
 
 
 def twin_code_colours(codes: np.ndarray) -> np.ndarray:
     """(H, W) twin-comparison codes -> (H, W, 3) uint8 colours (``OUTCOME_COLORS``)."""
-    out = np.zeros((*codes.shape, 3), dtype=np.uint8)
-    for code, rgb in OUTCOME_COLORS.items():
-        out[codes == code] = rgb
-    return out
+    return _paint_codes(codes, OUTCOME_COLORS)
 
 
 def plot_twin_comparison(comparison: TwinComparison, index: int = 0, image: np.ndarray | None = None) -> Figure:
@@ -222,14 +239,7 @@ def plot_twin_comparison(comparison: TwinComparison, index: int = 0, image: np.n
     if not 0 <= index < len(comparison.codes):
         raise InputError(f"Image {index} is not among the {len(comparison.codes)} compared images.")
     codes = comparison.codes[index]
-    n_img = 2 if image is not None else 1
-    fig = new_figure(3.3 * n_img + 4.5, 3.8)
-    axes = fig.subplots(1, n_img + 1, width_ratios=[1] * n_img + [1.4])
-    if image is not None:
-        axes[0].imshow(image)
-        axes[0].set_title("image")
-        axes[0].axis("off")
-    ax = axes[n_img - 1]
+    fig, ax, bar_ax = _map_and_bars_figure(image, height=3.8)
     ax.imshow(twin_code_colours(codes))
     ax.set_title("Offset Learning vs its per-pixel twin", fontsize=9)
     ax.axis("off")
@@ -243,17 +253,15 @@ def plot_twin_comparison(comparison: TwinComparison, index: int = 0, image: np.n
         )
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), fontsize=7, frameon=False)
     table, where = comparison.class_counts, f"{len(comparison.codes)} image(s)"
-    bar_ax = axes[-1]
-    y = np.arange(comparison.num_classes)
-    left = np.zeros(comparison.num_classes)
-    for j, code in enumerate(OUTCOME_CODES[:3]):  # fixed, broken, both wrong
-        bar_ax.barh(y, table[:, j], left=left, color=np.array(OUTCOME_COLORS[code]) / 255, label=OUTCOMES[j])
-        left += table[:, j]
-    bar_ax.set_yticks(y, comparison.class_names, fontsize=8)
-    bar_ax.invert_yaxis()
-    bar_ax.set_xlabel("pixels")
+    shown_bars = OUTCOME_CODES[:3]  # fixed, broken, both wrong
+    _stacked_class_bars(
+        bar_ax,
+        [table[:, j] for j in range(len(shown_bars))],
+        [OUTCOME_COLORS[code] for code in shown_bars],
+        OUTCOMES[: len(shown_bars)],
+        comparison.class_names,
+    )
     bar_ax.set_title(f"per ground-truth class, {where}", fontsize=9)
-    bar_ax.legend(fontsize=7, frameon=False)
     return fig
 
 
