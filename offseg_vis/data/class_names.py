@@ -182,6 +182,62 @@ def _meta_classes(meta: Mapping[str, Any]) -> tuple[str, Any, Any] | None:
     return None
 
 
+def _classes_from_meta(
+    where: str, raw_names: Any, raw_palette: Any, num_classes: int | None, key: str | None, notes: list[str]
+) -> Classes | None:
+    """Rule 1 of :func:`classes_for`: the checkpoint's own names (``where`` says which meta key held
+    them) with their palette, else the matching dataset's, else a generated one. None when the names
+    are unusable; the reason is appended to ``notes`` for the source sentence of a later rule."""
+    names = _names(raw_names)
+    if names is None:
+        notes.append(f"the checkpoint's {where} is not a list of names")
+        return None
+    if num_classes is not None and len(names) != num_classes:
+        notes.append(f"the checkpoint's {where} lists {len(names)} names but the model has {num_classes} classes")
+        return None
+    k = len(names)
+    palette = _palette(raw_palette, k)
+    match = next((d for d, table in DATASET_CLASSES.items() if tuple(table) == names), None)
+    if palette is not None:
+        colours = f"palette from {where.replace('CLASSES', 'PALETTE').replace('classes', 'palette')}"
+    elif match is not None:
+        palette = DATASET_PALETTES[match]
+        colours = f"no valid palette there, so {DISPLAY_NAMES[match]}'s ({PALETTE_SOURCES[match]})"
+    else:
+        palette = generated_palette(k)
+        colours = "no valid palette there, so a generated one"
+    source = f"{k} class names from the checkpoint's {where}, {colours}"
+    if key is not None and match != key:
+        source += f" (they are not the {DISPLAY_NAMES[key]} names of --dataset {key}; the checkpoint's own are used)"
+    return Classes(names, palette, source + ".")
+
+
+def _classes_from_count(num_classes: int, notes: list[str]) -> Classes:
+    """Rules 3 and 4 of :func:`classes_for`: the dataset with ``num_classes`` classes, else generic
+    names and a generated palette; ``notes`` (why the checkpoint's names were not used) lead the
+    source sentence."""
+    lead = (
+        ("; ".join(notes) + ", and no dataset was given, so ")
+        if notes
+        else "no class names in the checkpoint and no dataset given, so "
+    )
+    guess = DATASET_BY_NUM_CLASSES.get(num_classes)
+    if guess is not None:
+        return Classes(
+            DATASET_CLASSES[guess],
+            DATASET_PALETTES[guess],
+            f"{lead}class names of {DISPLAY_NAMES[guess]} inferred from K={num_classes} (palette: "
+            f"{PALETTE_SOURCES[guess]}); pass --dataset if the model was trained on another dataset.",
+        )
+    known = ", ".join(f"{DISPLAY_NAMES[d]} {len(n)}" for d, n in DATASET_CLASSES.items())
+    return Classes(
+        tuple(f"class {i}" for i in range(num_classes)),
+        generated_palette(num_classes),
+        f"{lead}generic names 'class 0' ... 'class {num_classes - 1}' and a generated palette: "
+        f"K={num_classes} matches no known dataset ({known}); pass --dataset to name them.",
+    )
+
+
 def classes_for(
     dataset: str | None = None, num_classes: int | None = None, meta: Mapping[str, Any] | None = None
 ) -> Classes:
@@ -216,30 +272,9 @@ def classes_for(
         )
     found = _meta_classes(meta) if isinstance(meta, Mapping) else None
     if found is not None:
-        where, raw_names, raw_palette = found
-        names = _names(raw_names)
-        if names is None:
-            notes.append(f"the checkpoint's {where} is not a list of names")
-        elif num_classes is not None and len(names) != num_classes:
-            notes.append(f"the checkpoint's {where} lists {len(names)} names but the model has {num_classes} classes")
-        else:
-            k = len(names)
-            palette = _palette(raw_palette, k)
-            match = next((d for d, table in DATASET_CLASSES.items() if tuple(table) == names), None)
-            if palette is not None:
-                colours = f"palette from {where.replace('CLASSES', 'PALETTE').replace('classes', 'palette')}"
-            elif match is not None:
-                palette = DATASET_PALETTES[match]
-                colours = f"no valid palette there, so {DISPLAY_NAMES[match]}'s ({PALETTE_SOURCES[match]})"
-            else:
-                palette = generated_palette(k)
-                colours = "no valid palette there, so a generated one"
-            source = f"{k} class names from the checkpoint's {where}, {colours}"
-            if key is not None and match != key:
-                source += (
-                    f" (they are not the {DISPLAY_NAMES[key]} names of --dataset {key}; the checkpoint's own are used)"
-                )
-            return Classes(names, palette, source + ".")
+        chosen = _classes_from_meta(*found, num_classes, key, notes)
+        if chosen is not None:
+            return chosen
     if key is not None:
         lead = "; ".join(notes) + ", so " if notes else ""
         return Classes(
@@ -249,23 +284,4 @@ def classes_for(
         )
     if num_classes is None:
         raise ConfigError("Cannot choose class names: give the dataset or the number of classes.")
-    lead = (
-        ("; ".join(notes) + ", and no dataset was given, so ")
-        if notes
-        else "no class names in the checkpoint and no dataset given, so "
-    )
-    guess = DATASET_BY_NUM_CLASSES.get(num_classes)
-    if guess is not None:
-        return Classes(
-            DATASET_CLASSES[guess],
-            DATASET_PALETTES[guess],
-            f"{lead}class names of {DISPLAY_NAMES[guess]} inferred from K={num_classes} (palette: "
-            f"{PALETTE_SOURCES[guess]}); pass --dataset if the model was trained on another dataset.",
-        )
-    known = ", ".join(f"{DISPLAY_NAMES[d]} {len(n)}" for d, n in DATASET_CLASSES.items())
-    return Classes(
-        tuple(f"class {i}" for i in range(num_classes)),
-        generated_palette(num_classes),
-        f"{lead}generic names 'class 0' ... 'class {num_classes - 1}' and a generated palette: "
-        f"K={num_classes} matches no known dataset ({known}); pass --dataset to name them.",
-    )
+    return _classes_from_count(num_classes, notes)
