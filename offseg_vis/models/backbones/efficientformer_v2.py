@@ -172,16 +172,29 @@ def _recording_graph() -> bool:
 
 
 class _RelativeBias(nn.Module):
-    """Shared bias logic of both attention modules.
+    """Shared head layout and bias logic of both attention modules.
 
-    ``attention_biases_seg`` (heads, T) is the learned table for the 512×512 grid and
+    Sets ``heads``, ``key_dim``, ``value_dim`` (= attn_ratio·key_dim per head) and ``scale`` and
+    registers the bias tables: ``attention_biases_seg`` (heads, T) is the learned table for the 512×512 grid and
     ``attention_bias_idxs_seg`` (Nq₀, Nk₀) its index; ``attention_biases`` / ``attention_bias_idxs``
     are placeholders that receive Snap's ImageNet tables (never read in forward).
     """
 
-    def _register_biases(
-        self, heads: int, seg_q_grid: int, seg_k_grid: int, imagenet_q_grid: int, imagenet_k_grid: int
+    def __init__(
+        self,
+        heads: int,
+        key_dim: int,
+        attn_ratio: int,
+        seg_q_grid: int,
+        seg_k_grid: int,
+        imagenet_q_grid: int,
+        imagenet_k_grid: int,
     ) -> None:
+        super().__init__()
+        self.heads = heads
+        self.key_dim = key_dim
+        self.value_dim = attn_ratio * key_dim
+        self.scale = key_dim**-0.5
         seg_idx = relative_bias_index(seg_q_grid, seg_k_grid)
         imagenet_q, imagenet_k = imagenet_q_grid**2, imagenet_k_grid**2
         # Registration order reproduces the official key order: parameter first, then the buffers.
@@ -191,6 +204,24 @@ class _RelativeBias(nn.Module):
         self.register_buffer("attention_biases", torch.zeros(heads, imagenet_k))
         self.register_buffer("attention_bias_idxs", torch.ones(imagenet_q, imagenet_k, dtype=torch.long))
         self.register_buffer("attention_bias_idxs_seg", seg_idx)
+
+    def _add_key_value(self, dim: int, local_stride: int) -> None:
+        """Register ``k``, ``v`` and the depthwise 3×3 ``v_local`` (stride ``local_stride``), in that order
+        (after ``q``: the official key order)."""
+        inner_v = self.value_dim * self.heads
+        self.k = conv_bn(dim, self.key_dim * self.heads)
+        self.v = conv_bn(dim, inner_v)
+        self.v_local = conv_bn(inner_v, inner_v, kernel=3, stride=local_stride, groups=inner_v)
+
+    def _keys_values(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x (B, C, H, W) -> keys (B, heads, kd, N), values (B, heads, N, vd) and the local value branch
+        (B, heads·vd, h', w'), N = H·W."""
+        b, _, h, w = x.shape
+        n = h * w
+        k = self.k(x).reshape(b, self.heads, self.key_dim, n)
+        v_map = self.v(x)  # (B, heads·vd, H, W)
+        v = v_map.reshape(b, self.heads, self.value_dim, n).transpose(2, 3)
+        return k, v, self.v_local(v_map)
 
     def relative_bias(self, num_queries: int, num_keys: int) -> Tensor:
         """The (heads, num_queries, num_keys) attention bias for the current input size.
@@ -252,20 +283,13 @@ class Attention4D(_RelativeBias):
         attn_ratio: int = 4,
         stride: int = 1,
     ) -> None:
-        super().__init__()
-        self.heads = heads
-        self.key_dim = key_dim
-        self.value_dim = attn_ratio * key_dim
-        self.scale = key_dim**-0.5
+        super().__init__(heads, key_dim, attn_ratio, grid, grid, imagenet_grid, imagenet_grid)
         self.stride = stride
-        self._register_biases(heads, grid, grid, imagenet_grid, imagenet_grid)
         inner_v = self.value_dim * heads
         if stride > 1:
             self.stride_conv = conv_bn(dim, dim, kernel=3, stride=stride, groups=dim)
         self.q = conv_bn(dim, key_dim * heads)
-        self.k = conv_bn(dim, key_dim * heads)
-        self.v = conv_bn(dim, inner_v)
-        self.v_local = conv_bn(inner_v, inner_v, kernel=3, groups=inner_v)
+        self._add_key_value(dim, local_stride=1)
         self.talking_head1 = nn.Conv2d(heads, heads, 1)
         self.talking_head2 = nn.Conv2d(heads, heads, 1)
         # Index 0 is the (parameter-free) GELU, so the keys are proj.1.* and proj.2.*.
@@ -278,10 +302,7 @@ class Attention4D(_RelativeBias):
         b, _, h, w = x.shape
         n = h * w
         q = self.q(x).reshape(b, self.heads, self.key_dim, n).transpose(2, 3)  # (B, heads, N, kd)
-        k = self.k(x).reshape(b, self.heads, self.key_dim, n)  # (B, heads, kd, N)
-        v_map = self.v(x)  # (B, heads·vd, h, w)
-        v_local = self.v_local(v_map)
-        v = v_map.reshape(b, self.heads, self.value_dim, n).transpose(2, 3)  # (B, heads, N, vd)
+        k, v, v_local = self._keys_values(x)  # (B, heads, kd, N), (B, heads, N, vd), (B, heads·vd, h, w)
 
         attn = (q @ k) * self.scale + self.relative_bias(n, n)  # (B, heads, N, N)
         attn = self.talking_head1(attn).softmax(dim=-1)  # heads mix before the softmax over keys
@@ -329,18 +350,11 @@ class Attention4DDownsample(_RelativeBias):
         heads: int = 8,
         attn_ratio: int = 4,
     ) -> None:
-        super().__init__()
-        self.heads = heads
-        self.key_dim = key_dim
-        self.value_dim = attn_ratio * key_dim
-        self.scale = key_dim**-0.5
         half, imagenet_half = -(-grid // 2), -(-imagenet_grid // 2)
-        self._register_biases(heads, half, grid, imagenet_half, imagenet_grid)
+        super().__init__(heads, key_dim, attn_ratio, half, grid, imagenet_half, imagenet_grid)
         inner_v = self.value_dim * heads
         self.q = LGQuery(dim, key_dim * heads)
-        self.k = conv_bn(dim, key_dim * heads)
-        self.v = conv_bn(dim, inner_v)
-        self.v_local = conv_bn(inner_v, inner_v, kernel=3, stride=2, groups=inner_v)
+        self._add_key_value(dim, local_stride=2)
         self.proj = nn.Sequential(nn.GELU(), nn.Conv2d(inner_v, out_dim, 1), nn.BatchNorm2d(out_dim))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -350,10 +364,7 @@ class Attention4DDownsample(_RelativeBias):
         h2, w2 = q_map.shape[-2:]
         n2 = h2 * w2
         q = q_map.reshape(b, self.heads, self.key_dim, n2).transpose(2, 3)  # (B, heads, N2, kd)
-        k = self.k(x).reshape(b, self.heads, self.key_dim, n)  # (B, heads, kd, N)
-        v_map = self.v(x)
-        v_local = self.v_local(v_map)  # (B, heads·vd, h2, w2)
-        v = v_map.reshape(b, self.heads, self.value_dim, n).transpose(2, 3)  # (B, heads, N, vd)
+        k, v, v_local = self._keys_values(x)  # (B, heads, kd, N), (B, heads, N, vd), (B, heads·vd, h2, w2)
 
         attn = ((q @ k) * self.scale + self.relative_bias(n2, n)).softmax(dim=-1)  # (B, heads, N2, N)
         out = (attn @ v).transpose(2, 3).reshape(b, self.heads * self.value_dim, h2, w2) + v_local
