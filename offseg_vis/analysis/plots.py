@@ -500,6 +500,78 @@ def plot_misalignment_sweep(table: SweepTable) -> Figure:
     return fig
 
 
+def _embedding_keep(emb: JointEmbedding, classes: Sequence[int] | None, images: Sequence[int] | None) -> np.ndarray:
+    """bool (P,): the embedded pixels of the requested classes and images (all when None)."""
+    keep = np.ones(len(emb.classes), dtype=bool)
+    if classes is not None:
+        keep &= np.isin(emb.classes, np.asarray(classes))
+    if images is not None:
+        keep &= np.isin(emb.image_index, np.asarray(images))
+    return keep
+
+
+def _draw_refined_prototypes(
+    ax, emb: JointEmbedding, pal: np.ndarray, shown_classes: list[int], images: Sequence[int] | None
+) -> None:
+    """Each image's W' (diamonds) for the shown classes that image has pixels of; pal (K, 3) in [0, 1]."""
+    img_ids = range(emb.refined_class_embed.shape[0]) if images is None else images
+    for i in img_ids:
+        for c in shown_classes:
+            if np.any((emb.image_index == i) & (emb.classes == c)):
+                ax.scatter(
+                    *emb.refined_class_embed[i, c],
+                    marker="D",
+                    s=36,
+                    color=pal[c],
+                    edgecolors="k",
+                    linewidths=0.8,
+                    zorder=4,
+                )
+
+
+def _draw_offset_arrows(ax, emb: JointEmbedding, keep: np.ndarray) -> None:
+    """Before → after arrows for the kept pixels among ``emb.arrow_index``; keep bool (P,)."""
+    idx = emb.arrow_index[keep[emb.arrow_index]]
+    start, end = emb.before[idx], emb.after[idx]
+    ax.quiver(
+        start[:, 0],
+        start[:, 1],
+        end[:, 0] - start[:, 0],
+        end[:, 1] - start[:, 1],
+        angles="xy",
+        scale_units="xy",
+        scale=1,
+        width=0.002,
+        color="0.25",
+        alpha=0.5,
+        zorder=3,
+    )
+
+
+def _embedding_legend(
+    fig: Figure, ax, emb: JointEmbedding, shown_classes: list[int], names: list[str], pal: np.ndarray
+) -> None:
+    """Class patches, then the W star and (with offsets) the W' diamond markers, right of the panels."""
+    centred = emb.params.get("center_class_embed", True)
+    handles = _legend_handles(shown_classes, names, (pal * 255).astype(np.uint8))
+    handles += [
+        ax.scatter([], [], marker="*", s=120, color="w", edgecolors="k", label="W (class-centred)" if centred else "W"),
+    ]
+    if emb.after is not None:
+        handles.append(
+            ax.scatter(
+                [],
+                [],
+                marker="D",
+                s=30,
+                color="w",
+                edgecolors="k",
+                label="W' per image (class-centred)" if centred else "W' per image",
+            )
+        )
+    fig.legend(handles=handles, loc="outside right center", fontsize=8, frameon=False)
+
+
 def plot_joint_embedding(
     emb: JointEmbedding,
     class_names: Sequence[str] | None = None,
@@ -513,11 +585,7 @@ def plot_joint_embedding(
     each image's W' (diamonds, after panel) and before → after arrows for a subset of pixels."""
     k = emb.class_embed.shape[0]
     names, pal = _names(class_names, k), _palette(palette, k) / 255
-    keep = np.ones(len(emb.classes), dtype=bool)
-    if classes is not None:
-        keep &= np.isin(emb.classes, np.asarray(classes))
-    if images is not None:
-        keep &= np.isin(emb.image_index, np.asarray(images))
+    keep = _embedding_keep(emb, classes, images)
     shown_classes = sorted(set(np.unique(emb.classes[keep]).tolist())) if keep.any() else []
     panels = [("before offsets: E", emb.before)] + ([("after offsets: E'", emb.after)] if emb.after is not None else [])
     fig = new_figure(5.2 * len(panels) + 1.8, 5.0)
@@ -530,62 +598,11 @@ def plot_joint_embedding(
         ax.set_xticks([])
         ax.set_yticks([])
     if emb.after is not None:
-        ax = axes[1]
         if emb.refined_class_embed is not None:
-            img_ids = range(emb.refined_class_embed.shape[0]) if images is None else images
-            for i in img_ids:
-                for c in shown_classes:
-                    if np.any((emb.image_index == i) & (emb.classes == c)):
-                        ax.scatter(
-                            *emb.refined_class_embed[i, c],
-                            marker="D",
-                            s=36,
-                            color=pal[c],
-                            edgecolors="k",
-                            linewidths=0.8,
-                            zorder=4,
-                        )
+            _draw_refined_prototypes(axes[1], emb, pal, shown_classes, images)
         if show_arrows and emb.arrow_index.size:
-            idx = emb.arrow_index[keep[emb.arrow_index]]
-            start, end = emb.before[idx], emb.after[idx]
-            ax.quiver(
-                start[:, 0],
-                start[:, 1],
-                end[:, 0] - start[:, 0],
-                end[:, 1] - start[:, 1],
-                angles="xy",
-                scale_units="xy",
-                scale=1,
-                width=0.002,
-                color="0.25",
-                alpha=0.5,
-                zorder=3,
-            )
-    handles = _legend_handles(shown_classes, names, (pal * 255).astype(np.uint8))
-    handles += [
-        axes[0].scatter(
-            [],
-            [],
-            marker="*",
-            s=120,
-            color="w",
-            edgecolors="k",
-            label="W (class-centred)" if emb.params.get("center_class_embed", True) else "W",
-        ),
-    ]
-    if emb.after is not None:
-        handles.append(
-            axes[0].scatter(
-                [],
-                [],
-                marker="D",
-                s=30,
-                color="w",
-                edgecolors="k",
-                label="W' per image (class-centred)" if emb.params.get("center_class_embed", True) else "W' per image",
-            )
-        )
-    fig.legend(handles=handles, loc="outside right center", fontsize=8, frameon=False)
+            _draw_offset_arrows(axes[1], emb, keep)
+    _embedding_legend(fig, axes[0], emb, shown_classes, names, pal)
     return fig
 
 
