@@ -21,6 +21,7 @@ prototypes and E'·W'ᵀ; the module is a small part of a model's arithmetic.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import torch
@@ -96,6 +97,58 @@ def _pixel_products(mat: Tensor, e: Tensor) -> Tensor:
             mat = mat.unsqueeze(0)  # a 2-D @ 3-D matmul would be folded back into the slow form
         return (mat @ e.transpose(1, 2)).transpose(1, 2).contiguous()  # (B, K, N) -> (B, N, K)
     return e @ mat.transpose(-1, -2)
+
+
+def offset_classifier_output(
+    e: Tensor,
+    w: Tensor,
+    a: Tensor,
+    class_attn_kn: Tensor,
+    pos_attn: Tensor,
+    class_offset_proj: nn.Module | None,
+    feature_offset_proj: nn.Module | None,
+    size: tuple[int, int],
+    products: Callable[[Tensor, Tensor], Tensor] = _pixel_products,
+    normalise: Callable[[Tensor], Tensor] | None = None,
+) -> ClassifierOutput:
+    """The explicit Offset Learning step with every intermediate, for the per-pixel classifier and the
+    Mask2Former mask module alike (K classes or Q queries).
+
+    Args:
+        e: E (B, N, C); w: W (K, C) or (B, K, C); a: A = E·Wᵀ (B, N, K).
+        class_attn_kn: softmax over pixels of A on the (B, K, N) view; pos_attn: softmax over K (B, N, K).
+        class_offset_proj, feature_offset_proj: the C -> C projections (None: that offset is zero).
+        size: (H, W) with H·W = N.
+        products: (W', E') -> E'·W'ᵀ (B, N, K) (each caller keeps its own product order).
+        normalise: score normalisation over K (None: none), applied to the logits and to A.
+
+    Returns:
+        ClassifierOutput with logits (B, K, H, W) = normalise(E'·W'ᵀ), E' = E + ΔE, W' = W + ΔW.
+    """
+    prototypes = class_attn_kn @ e  # (B, K, C)
+    d_w = class_offset_proj(prototypes) if class_offset_proj is not None else torch.zeros_like(prototypes)
+    context = pos_attn @ w  # (B, N, C)
+    d_e = feature_offset_proj(context) if feature_offset_proj is not None else torch.zeros_like(context)
+    w_ref = w + d_w  # (B, K, C); a (K, C) table broadcasts over the batch
+    e_ref = e + d_e  # (B, N, C)
+    scores = products(w_ref, e_ref)  # (B, N, K)
+    norm = normalise if normalise is not None else (lambda t: t)
+    return ClassifierOutput(
+        logits=_unflatten_logits(norm(scores), size),
+        features=e,
+        class_embed=w,
+        coupled_logits=a,
+        logits_without_offsets=norm(a),
+        class_attention=class_attn_kn.transpose(1, 2),
+        position_attention=pos_attn,
+        class_prototypes=prototypes,
+        class_offset=d_w,
+        feature_offset=d_e,
+        refined_class_embed=w_ref,
+        refined_features=e_ref,
+        logits_before_norm=scores,
+        spatial_size=size,
+    )
 
 
 def _autocast_device(x: Tensor) -> str | None:
@@ -210,38 +263,17 @@ class OffsetLearning(nn.Module):
         # Softmax over pixels taken on the (B, K, N) view: the official operation order, which
         # keeps our results bit-close to the reference vectors.
         class_attn_kn = a.transpose(1, 2).softmax(dim=-1)  # (B, K, N)
-        class_attn = class_attn_kn.transpose(1, 2)  # (B, N, K)
         pos_attn = a.softmax(dim=2)  # over classes K
-
-        prototypes = class_attn_kn @ e  # (B, K, C)
-        if self.cls_offset_proj is not None:
-            d_w = self.cls_offset_proj(prototypes)
-        else:
-            d_w = torch.zeros_like(prototypes)
-        context = pos_attn @ w  # (B, N, C)
-        if self.feat_offset_proj is not None:
-            d_e = self.feat_offset_proj(context)
-        else:
-            d_e = torch.zeros_like(context)
-        w_ref = w.unsqueeze(0) + d_w  # (B, K, C)
-        e_ref = e + d_e  # (B, N, C)
-        scores = _pixel_products(w_ref, e_ref)  # (B, N, K)
-        logits = self._normalise(scores)
-        return ClassifierOutput(
-            logits=_unflatten_logits(logits, size),
-            features=e,
-            class_embed=w,
-            coupled_logits=a,
-            logits_without_offsets=self._normalise(a),
-            class_attention=class_attn,
-            position_attention=pos_attn,
-            class_prototypes=prototypes,
-            class_offset=d_w,
-            feature_offset=d_e,
-            refined_class_embed=w_ref,
-            refined_features=e_ref,
-            logits_before_norm=scores,
-            spatial_size=size,
+        return offset_classifier_output(
+            e,
+            w,
+            a,
+            class_attn_kn,
+            pos_attn,
+            self.cls_offset_proj,
+            self.feat_offset_proj,
+            size,
+            normalise=self._normalise,
         )
 
     def fused_scores(self, x: Tensor) -> Tensor:

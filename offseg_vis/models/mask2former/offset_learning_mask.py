@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from offseg_vis.models.offset_learning import ClassifierOutput, _autocast_device
+from offseg_vis.models.offset_learning import ClassifierOutput, _autocast_device, offset_classifier_output
 
 
 def _check_inputs(mask_embed: Tensor, mask_features: Tensor) -> None:
@@ -92,33 +92,22 @@ class OffsetLearningMask(nn.Module):
 
     def full_forward(self, mask_embed: Tensor, mask_features: Tensor) -> ClassifierOutput:
         """The explicit path with every intermediate (see :meth:`forward`)."""
-        b, c, h, w_ = mask_features.shape
+        h, w_ = mask_features.shape[-2:]
         e = mask_features.flatten(2).transpose(1, 2)  # (B, N, C)
         w = mask_embed  # (B, Q, C)
         a = e @ w.transpose(1, 2)  # (B, N, Q)
         class_attn = a.softmax(dim=1)  # over pixels
         pos_attn = a.softmax(dim=2)  # over queries
-        prototypes = class_attn.transpose(1, 2) @ e  # (B, Q, C)
-        d_w = self.cls_offset_proj(prototypes) if self.cls_offset_proj is not None else torch.zeros_like(w)
-        context = pos_attn @ w  # (B, N, C)
-        d_e = self.feat_offset_proj(context) if self.feat_offset_proj is not None else torch.zeros_like(e)
-        w_ref, e_ref = w + d_w, e + d_e
-        scores = e_ref @ w_ref.transpose(1, 2)  # (B, N, Q)
-        return ClassifierOutput(
-            logits=scores.transpose(1, 2).reshape(b, -1, h, w_),  # (B, Q, H, W)
-            features=e,
-            class_embed=w,
-            coupled_logits=a,
-            logits_without_offsets=a,
-            class_attention=class_attn,
-            position_attention=pos_attn,
-            class_prototypes=prototypes,
-            class_offset=d_w,
-            feature_offset=d_e,
-            refined_class_embed=w_ref,
-            refined_features=e_ref,
-            logits_before_norm=scores,
-            spatial_size=(h, w_),
+        return offset_classifier_output(
+            e,
+            w,
+            a,
+            class_attn.transpose(1, 2),  # (B, Q, N)
+            pos_attn,
+            self.cls_offset_proj,
+            self.feat_offset_proj,
+            (h, w_),
+            products=lambda w_ref, e_ref: e_ref @ w_ref.transpose(1, 2),  # (B, N, Q), no norm
         )
 
 
