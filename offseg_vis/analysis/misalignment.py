@@ -284,17 +284,25 @@ def misalignment(
     """
     if stage not in STAGES:
         raise InputError(f"stage must be one of {STAGES}, got {stage!r}.")
+    labelled, k, names = _labelled_probes(probes, class_names, "misalignment")
+    setting = _setting(method, rcond if method == "pinv" else ridge)
+    counts, embeds, ((ideal, confusion),) = _mine(labelled, stage, k, [setting], ignore_index)
+    return _report(name or stage, stage, names, counts, embeds, ideal, confusion, center, min_pixels, images_per_class)
+
+
+def _labelled_probes(
+    probes: Sequence[ImageProbe], class_names: Sequence[str] | None, caller: str
+) -> tuple[list[ImageProbe], int, list[str]]:
+    """The probes with ground truth, their class count K and K class names (``class i`` when none are
+    given); ``caller`` names the function in the errors."""
     labelled = [p for p in probes if p.label is not None]
     if not labelled:
-        raise InputError("misalignment needs ground truth: pass labels to probe(model, images, labels).")
+        raise InputError(f"{caller} needs ground truth: pass labels to probe(model, images, labels).")
     k = labelled[0].num_classes
     names = list(class_names) if class_names is not None else [f"class {i}" for i in range(k)]
     if len(names) != k:
         raise InputError(f"Got {len(names)} class names for a model with {k} classes.")
-
-    setting = _setting(method, rcond if method == "pinv" else ridge)
-    counts, embeds, ((ideal, confusion),) = _mine(labelled, stage, k, [setting], ignore_index)
-    return _report(name or stage, stage, names, counts, embeds, ideal, confusion, center, min_pixels, images_per_class)
+    return labelled, k, names
 
 
 def _mine(
@@ -547,13 +555,7 @@ def misalignment_sweep(
     shape = (len(settings), len(jobs))
     table = SweepTable(settings, [j[0] for j in jobs], np.zeros(shape), np.zeros(shape), np.zeros(shape))
     for j, (model, probes, stage) in enumerate(jobs):
-        labelled = [p for p in probes if p.label is not None]
-        if not labelled:
-            raise InputError("misalignment_sweep needs ground truth: pass labels to probe(model, images, labels).")
-        k = labelled[0].num_classes
-        names = list(class_names) if class_names is not None else [f"class {i}" for i in range(k)]
-        if len(names) != k:
-            raise InputError(f"Got {len(names)} class names for a model with {k} classes.")
+        labelled, k, names = _labelled_probes(probes, class_names, "misalignment_sweep")
         counts, embeds, mined = _mine(labelled, stage, k, raw, ignore_index)
         table.images = len(labelled)
         for i, (st, (ideal, confusion)) in enumerate(zip(settings, mined)):
