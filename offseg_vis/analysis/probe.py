@@ -24,6 +24,15 @@ from torch import Tensor, nn
 from offseg_vis.constants import IGNORE_INDEX
 from offseg_vis.errors import InputError
 
+# What only an Offset Learning classifier computes, by ImageProbe field name.
+_OFFSET_OUTPUTS = (
+    "feature_offset",
+    "refined_features",
+    "class_offset",
+    "refined_class_embed",
+    "class_attention",
+    "position_attention",
+)
 # Everything probe() can return, by ImageProbe field name.
 OUTPUTS = (
     "prediction",
@@ -32,25 +41,11 @@ OUTPUTS = (
     "logits_without_offsets",
     "features",
     "class_embed",
-    "feature_offset",
-    "refined_features",
-    "class_offset",
-    "refined_class_embed",
-    "class_attention",
-    "position_attention",
+    *_OFFSET_OUTPUTS,
 )
 # What the model's plain forward gives (the fused Offset Learning path: no ΔE, E', attentions formed).
 FAST_OUTPUTS = frozenset({"prediction", "logits"})
-OFFSET_ONLY = frozenset(
-    {
-        "feature_offset",
-        "refined_features",
-        "class_offset",
-        "refined_class_embed",
-        "class_attention",
-        "position_attention",
-    }
-)
+OFFSET_ONLY = frozenset(_OFFSET_OUTPUTS)
 
 
 @dataclass
