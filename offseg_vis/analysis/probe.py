@@ -13,7 +13,7 @@ including any padding the backbone needed; ``input_size`` and ``padded_size`` sa
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -273,21 +273,39 @@ def _split_logits(model, logits: Tensor, size, images, labels, wanted) -> list[I
     padded = _padded_size(model, size)
     b, k, h, w = logits.shape
     pred = upsample_to_input(logits.float(), size, padded).argmax(1)  # (B, H, W)
-    is_offset = _is_offset_classifier(model)
+    return _per_image(
+        images,
+        labels,
+        pred,
+        k,
+        (h, w),
+        _is_offset_classifier(model),
+        size,
+        padded,
+        wanted,
+        lambda i: {"logits": _np(logits[i]) if "logits" in wanted else None},
+    )
+
+
+def _per_image(
+    images, labels, pred: Tensor, k: int, fsize, is_offset: bool, size, padded, wanted, outputs: Callable[[int], dict]
+) -> list[ImageProbe]:
+    """One ImageProbe per image of a batch: pred (B, H, W) class ids, K classes, the (h, w) feature grid;
+    ``outputs(i)`` gives image i's requested outputs by field name."""
     return [
         ImageProbe(
             image=images[i],
             label=labels[i],
             prediction=pred[i].cpu().numpy().astype(np.int64),
             num_classes=int(k),
-            feature_size=(int(h), int(w)),
+            feature_size=(int(fsize[0]), int(fsize[1])),
             is_offset_model=is_offset,
             input_size=tuple(size),
             padded_size=padded,
             computed=wanted,
-            logits=_np(logits[i]) if "logits" in wanted else None,
+            **outputs(i),
         )
-        for i in range(b)
+        for i in range(pred.shape[0])
     ]
 
 
@@ -325,21 +343,18 @@ def _split_output(model, out, size, images, labels, wanted) -> list[ImageProbe]:
         grid = _grid(getattr(cls, name)[i], fsize)  # (N, D) -> (h, w, D)
         return grid.transpose(2, 0, 1) if name == "class_attention" else grid  # class attention: (K, h, w)
 
-    return [
-        ImageProbe(
-            image=images[i],
-            label=labels[i],
-            prediction=pred[i].cpu().numpy().astype(np.int64),
-            num_classes=int(k),
-            feature_size=(int(fsize[0]), int(fsize[1])),
-            is_offset_model=is_offset,
-            input_size=tuple(size),
-            padded_size=padded,
-            computed=wanted,
-            **{name: take(name, i) for name in sorted(wanted & available)},
-        )
-        for i in range(b)
-    ]
+    return _per_image(
+        images,
+        labels,
+        pred,
+        k,
+        fsize,
+        is_offset,
+        size,
+        padded,
+        wanted,
+        lambda i: {name: take(name, i) for name in sorted(wanted & available)},
+    )
 
 
 def label_at_features(
