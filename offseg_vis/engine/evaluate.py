@@ -25,9 +25,7 @@ from tqdm.auto import tqdm
 from offseg_vis.constants import IGNORE_INDEX
 
 
-def confusion_matrix(
-    pred: Tensor, target: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
-) -> Tensor:
+def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Confusion matrix of predicted vs true labels.
 
     Args:
@@ -40,9 +38,7 @@ def confusion_matrix(
         (K, K) int64 on ``pred``'s device; entry [t, p] counts pixels of true class t predicted p.
     """
     if pred.shape != target.shape:
-        raise ValueError(
-            f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape."
-        )
+        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape.")
     pred = pred.reshape(-1).long()
     target = target.reshape(-1).long().to(pred.device)
     valid = (target != ignore_index) & (target >= 0) & (target < num_classes)
@@ -105,9 +101,7 @@ def _nanmean(x: np.ndarray) -> float:
     return float(finite.mean()) if finite.size else float("nan")
 
 
-def metrics_from_confusion(
-    confusion: Tensor | np.ndarray, class_names: Sequence[str] | None = None
-) -> SegMetrics:
+def metrics_from_confusion(confusion: Tensor | np.ndarray, class_names: Sequence[str] | None = None) -> SegMetrics:
     """mmseg metrics from a (K, K) confusion matrix (rows truth, columns prediction)."""
     cm = confusion.detach().cpu().numpy() if isinstance(confusion, Tensor) else np.asarray(confusion)
     cm = cm.astype(np.float64)
@@ -137,18 +131,14 @@ def metrics_from_confusion(
 class ConfusionMeter:
     """Accumulates a dataset-level confusion matrix batch by batch (and across processes)."""
 
-    def __init__(
-        self, num_classes: int, ignore_index: int = IGNORE_INDEX, device: str | torch.device = "cpu"
-    ):
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX, device: str | torch.device = "cpu"):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
 
     def update(self, pred: Tensor, target: Tensor) -> None:
         """pred, target: class ids of the same shape (e.g. (B, H, W))."""
-        self.matrix += confusion_matrix(pred, target, self.num_classes, self.ignore_index).to(
-            self.matrix.device
-        )
+        self.matrix += confusion_matrix(pred, target, self.num_classes, self.ignore_index).to(self.matrix.device)
 
     def all_reduce(self) -> None:
         """Sum the matrices of every process (no-op outside torch.distributed)."""
@@ -198,6 +188,47 @@ def predict_logits(
     return model.predict(images, mode=mode, crop=crop, stride=stride)
 
 
+def _eval_class_names(dataset: Any, class_names: Sequence[str] | None, num_classes: int) -> Sequence[str] | None:
+    """The given names, else ``dataset.classes`` when it has ``num_classes`` entries, else None."""
+    if class_names is None:
+        class_names = getattr(dataset, "classes", None)
+        if class_names is not None and len(class_names) != num_classes:
+            class_names = None
+    return class_names
+
+
+def _sample_groups(dataset: Any, indices: list[int], batch_size: int, transform: Any):
+    """Yield lists of samples (image (3, H, W), is_normalised, mask (H, W)), read batch by batch:
+    a batch of same-size images is one group, a mixed-size batch runs image by image."""
+    for start in range(0, len(indices), batch_size):
+        samples = [_sample(dataset, i, transform) for i in indices[start : start + batch_size]]
+        same_size = len({tuple(s[0].shape) for s in samples}) == 1
+        yield from ([samples] if same_size else [[s] for s in samples])
+
+
+def _score_group(
+    model: nn.Module,
+    group: list[tuple[Tensor, bool, Tensor]],
+    meter: ConfusionMeter,
+    device: torch.device,
+    mode: str,
+    crop: int | Sequence[int],
+    stride: int | Sequence[int],
+    autocast_dtype: torch.dtype | None,
+) -> None:
+    """Predict one group of same-size images and add each prediction, resized to its mask's size
+    (bilinear on the logits), to ``meter``."""
+    images = torch.stack([s[0] for s in group]).to(device)  # (B, 3, H, W)
+    if not group[0][1]:
+        images = model.normalize(images)
+    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        logits = predict_logits(model, images, mode, crop, stride)  # (B, K, H, W)
+    for logit, (_, _, mask) in zip(logits.float(), group):
+        if logit.shape[-2:] != mask.shape[-2:]:
+            logit = F.interpolate(logit[None], size=mask.shape[-2:], mode="bilinear", align_corners=False)[0]
+        meter.update(logit.argmax(0), mask.to(device))
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -237,18 +268,11 @@ def evaluate(
     if mode not in ("whole", "slide"):
         raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}.")
     num_classes = int(model.num_classes)
-    if device is None:
-        device = next(model.parameters()).device
-    device = torch.device(device)
-    if class_names is None:
-        class_names = getattr(dataset, "classes", None)
-        if class_names is not None and len(class_names) != num_classes:
-            class_names = None
+    device = torch.device(next(model.parameters()).device if device is None else device)
+    class_names = _eval_class_names(dataset, class_names, num_classes)
     if distributed is None:
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    rank, world = (
-        (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
-    )
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
 
     total = len(dataset) if max_images is None else min(len(dataset), max_images)
     indices = list(range(rank, total, world))  # disjoint shards: every image counted once
@@ -259,24 +283,10 @@ def evaluate(
     if progress and rank == 0:
         bar = tqdm(total=len(indices), desc="eval", unit="img", leave=False, dynamic_ncols=True)
     try:
-        for start in range(0, len(indices), batch_size):
-            samples = [_sample(dataset, i, transform) for i in indices[start : start + batch_size]]
-            same_size = len({tuple(s[0].shape) for s in samples}) == 1
-            groups = [samples] if same_size else [[s] for s in samples]
-            for group in groups:
-                images = torch.stack([s[0] for s in group]).to(device)  # (B, 3, H, W)
-                if not group[0][1]:
-                    images = model.normalize(images)
-                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    logits = predict_logits(model, images, mode, crop, stride)  # (B, K, H, W)
-                for logit, (_, _, mask) in zip(logits.float(), group):
-                    if logit.shape[-2:] != mask.shape[-2:]:
-                        logit = F.interpolate(
-                            logit[None], size=mask.shape[-2:], mode="bilinear", align_corners=False
-                        )[0]
-                    meter.update(logit.argmax(0), mask.to(device))
-                if bar is not None:
-                    bar.update(len(group))
+        for group in _sample_groups(dataset, indices, batch_size, transform):
+            _score_group(model, group, meter, device, mode, crop, stride, autocast_dtype)
+            if bar is not None:
+                bar.update(len(group))
     finally:
         if bar is not None:
             bar.close()
