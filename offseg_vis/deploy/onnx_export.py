@@ -105,6 +105,58 @@ def _check_size(size: tuple[int, int]) -> tuple[int, int]:
     return h, w
 
 
+def _dynamic_shapes() -> dict:
+    """torch.export dynamic shapes of the "images" input: H and W free multiples of 32 (64 to 8192)."""
+    dim = torch.export.Dim
+    return {
+        "images": {
+            2: SIZE_DIVISOR * dim("h32", min=2, max=256),
+            3: SIZE_DIVISOR * dim("w32", min=2, max=256),
+        }
+    }
+
+
+def _write_onnx(
+    model: nn.Module,
+    x: torch.Tensor,
+    path: Path,
+    name: str,
+    opset: int,
+    dynamic_shapes: dict | None,
+    optimize: bool,
+) -> None:
+    """Export ``model`` traced on x (1, 3, H, W) to ``path`` atomically: into a temporary file in
+    the same folder, renamed into place only when the export succeeded (removed otherwise).
+
+    Raises:
+        ExportError: the exporter failed (its exception type and first line are named).
+    """
+    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
+    os.close(fd)
+    try:
+        with torch.no_grad():
+            try:
+                torch.onnx.export(
+                    model,
+                    (x,),
+                    tmp,
+                    input_names=["images"],
+                    output_names=["logits"],
+                    opset_version=opset,
+                    dynamo=True,
+                    dynamic_shapes=dynamic_shapes,
+                    external_data=False,
+                    optimize=optimize,
+                )
+            except Exception as err:  # the exporter raises many types; say which model and why
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise ExportError(f"{name} could not be exported to ONNX: {type(err).__name__}: {first}") from err
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
@@ -140,42 +192,10 @@ def export_onnx(
         raise ExportError(f"{name} cannot be exported to ONNX: {UNSUPPORTED[name]}")
     model = model.eval()
     x = torch.randn(1, 3, h, w)
-    dynamic_shapes = None
-    if dynamic:
-        dim = torch.export.Dim
-        dynamic_shapes = {
-            "images": {
-                2: SIZE_DIVISOR * dim("h32", min=2, max=256),
-                3: SIZE_DIVISOR * dim("w32", min=2, max=256),
-            }
-        }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
-    os.close(fd)
-    try:
-        with torch.no_grad():
-            try:
-                torch.onnx.export(
-                    model,
-                    (x,),
-                    tmp,
-                    input_names=["images"],
-                    output_names=["logits"],
-                    opset_version=opset,
-                    dynamo=True,
-                    dynamic_shapes=dynamic_shapes,
-                    external_data=False,
-                    optimize=optimize,
-                )
-            except Exception as err:  # the exporter raises many types; say which model and why
-                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise ExportError(f"{name} could not be exported to ONNX: {type(err).__name__}: {first}") from err
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    _write_onnx(model, x, path, name, opset, _dynamic_shapes() if dynamic else None, optimize)
     report = ExportReport(
         path=str(path),
         model=description or name,
