@@ -18,13 +18,9 @@ def _add_app_options(parser: argparse.ArgumentParser) -> None:
         help="checkpoint files (.safetensors with their .json card) or folders of them "
         "(default: $OFFSEG_CHECKPOINTS or the repository's checkpoints/)",
     )
-    parser.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
-    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    parser.add_argument(
-        "--share", action="store_true", help="also open a public gradio.live link (needs internet)"
-    )
+    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs internet)")
     parser.add_argument(
         "--max-side",
         type=int,
@@ -52,22 +48,14 @@ def _add_app_options(parser: argparse.ArgumentParser) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``app`` and ``demo`` to the ``offseg`` command."""
-    app = sub.add_parser(
-        "app", help="the Gradio app: upload an image, see its segmentation, offsets and embedding"
-    )
+    app = sub.add_parser("app", help="the Gradio app: upload an image, see its segmentation, offsets and embedding")
     _add_app_options(app)
     demo = sub.add_parser("demo", help="launch the app with the shipped checkpoints and print its URL")
-    demo.set_defaults(
-        func=run_app,
-        checkpoint=None,
-        host="127.0.0.1",
-        port=None,
-        share=False,
-        max_side=InputLimits.max_side,
-        max_file_mb=InputLimits.max_file_mb,
-        no_umap=False,
-        temp_dir=None,
-    )
+    # The demo takes no options: it runs with the app's defaults, read from the app's own declarations
+    # (one place), except the port: None picks a free one.
+    declared = argparse.ArgumentParser(add_help=False)
+    _add_app_options(declared)
+    demo.set_defaults(**{**vars(declared.parse_args([])), "port": None})
 
 
 def run_app(args: argparse.Namespace) -> int:
