@@ -191,19 +191,21 @@ class CompareSection:
     text: gr.Markdown
 
 
+def _figure_image(label: str, elem_id: str | None = None) -> gr.Image:
+    """An output-only image panel for a rendered figure (webp, the format of every figure panel)."""
+    return gr.Image(label=label, format="webp", interactive=False, elem_id=elem_id)
+
+
 def compare_section() -> CompareSection:
     gr.Markdown("## What Offset Learning changed: against its per-pixel twin")
     with gr.Row():
-        offset = gr.Image(label="Offset Learning", format="webp", interactive=False)
-        baseline = gr.Image(label="Per-pixel twin", format="webp", interactive=False)
+        offset = _figure_image("Offset Learning")
+        baseline = _figure_image("Per-pixel twin")
     with gr.Row():
-        outcome = gr.Image(
-            label="Fixed (green) / broken (red) / both wrong (orange) against the ground truth",
-            format="webp",
-            interactive=False,
-            elem_id="twin-comparison",
+        outcome = _figure_image(
+            "Fixed (green) / broken (red) / both wrong (orange) against the ground truth", "twin-comparison"
         )
-        disagreement = gr.Image(label="Where they disagree", format="webp", interactive=False, elem_id="disagreement")
+        disagreement = _figure_image("Where they disagree", "disagreement")
     return CompareSection(offset, baseline, outcome, disagreement, gr.Markdown())
 
 
@@ -225,17 +227,10 @@ def offset_section(colour_map: dict[str, str]) -> OffsetSection:
     gr.Markdown("## Inside Offset Learning")
     with gr.Row():
         with gr.Column():
-            correction = gr.Image(
-                label="Ablation: offsets switched off (ΔW = ΔE = 0 → with offsets)",
-                format="webp",
-                interactive=False,
-                elem_id="correction",
-            )
+            correction = _figure_image("Ablation: offsets switched off (ΔW = ΔE = 0 → with offsets)", "correction")
             correction_text = gr.Markdown()
         with gr.Column():
-            magnitude = gr.Image(
-                label="Feature offset magnitude ‖ΔE‖/‖E‖", format="webp", interactive=False, elem_id="feature-offset"
-            )
+            magnitude = _figure_image("Feature offset magnitude ‖ΔE‖/‖E‖", "feature-offset")
             magnitude_text = gr.Markdown()
     with gr.Row():
         with gr.Column():
@@ -251,12 +246,7 @@ def offset_section(colour_map: dict[str, str]) -> OffsetSection:
             )
         with gr.Column():
             attention_class = gr.Dropdown([], label="Class attention of", elem_id="attention-class")
-            attention = gr.Image(
-                label="Class attention (softmax over pixels of E·Wᵀ)",
-                format="webp",
-                interactive=False,
-                elem_id="attention",
-            )
+            attention = _figure_image("Class attention (softmax over pixels of E·Wᵀ)", "attention")
             attention_text = gr.Markdown()
     return OffsetSection(
         correction, correction_text, magnitude, magnitude_text, class_bars, attention_class, attention, attention_text
