@@ -285,30 +285,28 @@ def _crop_to_image(values: np.ndarray, p: ImageProbe) -> np.ndarray:
     return values[:rows, :cols]
 
 
-def plot_feature_offset_magnitude(p: ImageProbe) -> Figure:
-    """Image and ‖ΔE‖/‖E‖ per pixel (how far Offset Learning moves each pixel's feature)."""
-    ratio = _crop_to_image(offsets.feature_offset_ratio(p), p)
+def _image_and_map(p: ImageProbe, values: np.ndarray, cmap: str, label: str, title: str, vmin=None, vmax=None):
+    """The probe's image beside an (h, w) per-cell map with a colourbar (``label``) titled ``title``."""
     fig = new_figure(8.0, 3.6)
     a0, a1 = fig.subplots(1, 2)
     a0.imshow(p.image)
     a0.set_title("image")
     a0.axis("off")
-    _feature_map(a1, fig, ratio, None, "magma", "‖ΔE‖ / ‖E‖")
-    a1.set_title(f"feature offset magnitude (mean {ratio.mean():.3f})")
+    _feature_map(a1, fig, values, None, cmap, label, vmin=vmin, vmax=vmax)
+    a1.set_title(title)
     return fig
+
+
+def plot_feature_offset_magnitude(p: ImageProbe) -> Figure:
+    """Image and ‖ΔE‖/‖E‖ per pixel (how far Offset Learning moves each pixel's feature)."""
+    ratio = _crop_to_image(offsets.feature_offset_ratio(p), p)
+    return _image_and_map(p, ratio, "magma", "‖ΔE‖ / ‖E‖", f"feature offset magnitude (mean {ratio.mean():.3f})")
 
 
 def plot_position_entropy(p: ImageProbe) -> Figure:
     """Image and the normalised entropy of each pixel's position attention (0 = one class, 1 = uniform)."""
     ent = _crop_to_image(offsets.position_entropy(p), p)
-    fig = new_figure(8.0, 3.6)
-    a0, a1 = fig.subplots(1, 2)
-    a0.imshow(p.image)
-    a0.set_title("image")
-    a0.axis("off")
-    _feature_map(a1, fig, ent, None, "viridis", "entropy / log K", vmin=0, vmax=1)
-    a1.set_title("position-attention entropy")
-    return fig
+    return _image_and_map(p, ent, "viridis", "entropy / log K", "position-attention entropy", vmin=0, vmax=1)
 
 
 def plot_class_offset_norms(
