@@ -151,6 +151,21 @@ def offset_classifier_output(
     )
 
 
+def plain_classifier_output(e: Tensor, w: Tensor, a: Tensor, scores: Tensor, size: tuple[int, int]) -> ClassifierOutput:
+    """The intermediates of a classifier without offsets (the per-pixel linear one, plain Mask2Former):
+    E (B, N, C), W (K, C) or (B, K, C), A = E·Wᵀ (B, N, K), scores (B, N, K) = A (+ bias), which are
+    also the logits (B, K, H, W) and the logits without offsets; the offset fields stay None."""
+    return ClassifierOutput(
+        logits=_unflatten_logits(scores, size),
+        features=e,
+        class_embed=w,
+        coupled_logits=a,
+        logits_without_offsets=scores,
+        logits_before_norm=scores,
+        spatial_size=size,
+    )
+
+
 def _autocast_device(x: Tensor) -> str | None:
     """The device type of x when autocast is on for it (so Offset Learning must leave it), else None."""
     device = x.device.type
@@ -335,15 +350,7 @@ class LinearClassifier(nn.Module):
         e = _flatten_pixels(x)  # (B, N, C)
         a = _pixel_products(self.weight, e)  # (B, N, K)
         scores = a + self.bias
-        return ClassifierOutput(
-            logits=_unflatten_logits(scores, size),
-            features=e,
-            class_embed=self.weight,
-            coupled_logits=a,
-            logits_without_offsets=scores,
-            logits_before_norm=scores,
-            spatial_size=size,
-        )
+        return plain_classifier_output(e, self.weight, a, scores, size)
 
 
 CLASSIFIERS = ("offset", "linear")

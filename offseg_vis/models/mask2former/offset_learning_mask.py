@@ -18,7 +18,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from offseg_vis.models.offset_learning import ClassifierOutput, _autocast_device, offset_classifier_output
+from offseg_vis.models.offset_learning import (
+    ClassifierOutput,
+    _autocast_device,
+    offset_classifier_output,
+    plain_classifier_output,
+)
 
 
 def _check_inputs(mask_embed: Tensor, mask_features: Tensor) -> None:
@@ -125,12 +130,4 @@ class DotProductMask(nn.Module):
             return masks
         e = mask_features.flatten(2).transpose(1, 2)  # (B, N, C)
         a = masks.flatten(2).transpose(1, 2)  # (B, N, Q)
-        return ClassifierOutput(
-            logits=masks,
-            features=e,
-            class_embed=mask_embed,
-            coupled_logits=a,
-            logits_without_offsets=a,
-            logits_before_norm=a,
-            spatial_size=tuple(mask_features.shape[-2:]),
-        )
+        return plain_classifier_output(e, mask_embed, a, a, tuple(mask_features.shape[-2:]))
