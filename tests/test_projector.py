@@ -13,6 +13,7 @@ from offseg_vis.analysis import notebook_support as ns
 from offseg_vis.analysis.explore import pixel_table
 from offseg_vis.analysis.probe import probe
 from offseg_vis.cli import main
+from offseg_vis.engine.run import load_run
 
 IMAGES, POINTS = 8, 1500
 
@@ -47,8 +48,7 @@ def exported(tmp_path_factory):
     )  # fmt: skip
     assert code == 0
     images, labels, _ = ns.val_samples(IMAGES)
-    model, _ = ns._load(offset)
-    twin_model, _ = ns._load(twin)
+    model, twin_model = load_run(offset).model, load_run(twin).model
     probes = probe(model, images, labels, need={"features", "refined_features", "class_embed", "refined_class_embed"})
     twin_probes = probe(twin_model, images, labels, need={"prediction"})
     table = pixel_table(probes, POINTS, twin_probes=twin_probes, class_names=ns.class_names(), seed=0)
