@@ -25,10 +25,14 @@ from offseg_vis.app.testing import checkpoints_or_untrained
 pytestmark = pytest.mark.browser
 
 CHROMIUM = find_chromium()
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="no Chromium binary on this machine (make setup installs Debian's)"
+)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium binary on this machine (make setup installs Debian's)")
-def test_upload_segment_and_screenshot_in_chromium(tmp_path, monkeypatch):
+@pytest.fixture
+def served(tmp_path, monkeypatch):
+    """(app context, running app) on a free loopback port with the shipped (or untrained) checkpoints."""
     pytest.importorskip("playwright", reason="the playwright package is part of the test extra")
     monkeypatch.delenv(TEMP_ENV, raising=False)
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
@@ -38,11 +42,17 @@ def test_upload_segment_and_screenshot_in_chromium(tmp_path, monkeypatch):
     )
     app = start(ctx, port=free_port(), temp_dir=tmp_path / "app-temp")
     try:
-        shot = tmp_path / "app.png"
-        run = segment_in_browser(app.url, example_images()[0], screenshot=shot, chromium=CHROMIUM, timeout_s=240)
+        yield ctx, app
     finally:
         app.close()
         torch.set_flush_denormal(False)
+
+
+@needs_chromium
+def test_upload_segment_and_screenshot_in_chromium(tmp_path, served):
+    ctx, app = served
+    shot = tmp_path / "app.png"
+    run = segment_in_browser(app.url, example_images()[0], screenshot=shot, chromium=CHROMIUM, timeout_s=240)
     names = ctx.registry.get(None).class_names
     assert run.annotated_visible
     assert run.legend and set(run.legend) <= set(names)
@@ -53,29 +63,18 @@ def test_upload_segment_and_screenshot_in_chromium(tmp_path, monkeypatch):
         assert im.width >= 1000 and im.height >= 1000
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium binary on this machine (make setup installs Debian's)")
-def test_click_a_pixel_marks_it_in_the_map_in_chromium(tmp_path, monkeypatch):
-    pytest.importorskip("playwright", reason="the playwright package is part of the test extra")
+@needs_chromium
+def test_click_a_pixel_marks_it_in_the_map_in_chromium(tmp_path, served):
     import numpy as np
 
     from offseg_vis.analysis.explore import cell_to_pixel
     from offseg_vis.analysis.probe import probe
 
-    monkeypatch.delenv(TEMP_ENV, raising=False)
-    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-    torch.set_flush_denormal(True)
-    ctx = AppContext.from_checkpoints(
-        checkpoints_or_untrained(tmp_path / "checkpoints"), AppSettings(warm_up_umap=False)
-    )
-    app = start(ctx, port=free_port(), temp_dir=tmp_path / "app-temp")
+    ctx, app = served
     scene = example_images()[0]
     x, y = 70, 41
-    try:
-        shot = tmp_path / "app_pixel.png"
-        run = explore_pixel_in_browser(app.url, scene, (x, y), screenshot=shot, chromium=CHROMIUM, timeout_s=240)
-    finally:
-        app.close()
-        torch.set_flush_denormal(False)
+    shot = tmp_path / "app_pixel.png"
+    run = explore_pixel_in_browser(app.url, scene, (x, y), screenshot=shot, chromium=CHROMIUM, timeout_s=240)
     offset = ctx.registry.get(None)
     twin, _ = ctx.registry.twin_for(offset)
     image = np.asarray(Image.open(scene).convert("RGB"))
