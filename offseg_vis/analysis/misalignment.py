@@ -165,6 +165,7 @@ class MisalignmentReport:
         class_names: K names.
         pixel_counts: (I, K) labelled pixels of each class per image at the feature grid.
         ideal: (I, K, C) W* per image (zero rows for absent classes).
+        centered: whether the cosines were taken on class-centred prototypes (see :func:`misalignment`).
         sanity_iou: (K,) IoU of argmax(W*·Eᵀ) against the ground truth, over all images (NaN if unseen).
         sanity_miou: mean of ``sanity_iou``.
         consistency: (K,) mean off-diagonal cosine of W*_k across the images containing class k.
@@ -173,7 +174,6 @@ class MisalignmentReport:
             (1 for a fixed W; lower when W' adapts per image).
         cosine_matrices: class k -> (n, n) cosine matrix of W*_k over its first ``images_per_class``
             images (the Fig. 3 heatmap); ``matrix_images`` gives those image indices.
-        centered: whether the cosines were taken on class-centred prototypes (see :func:`misalignment`).
     """
 
     name: str
@@ -181,14 +181,34 @@ class MisalignmentReport:
     class_names: list[str]
     pixel_counts: np.ndarray
     ideal: np.ndarray
+    centered: bool
     sanity_iou: np.ndarray
     sanity_miou: float
     consistency: np.ndarray
     alignment: np.ndarray
     embed_consistency: np.ndarray
-    cosine_matrices: dict[int, np.ndarray] = field(default_factory=dict)
-    matrix_images: dict[int, list[int]] = field(default_factory=dict)
-    centered: bool = True
+    cosine_matrices: dict[int, np.ndarray]
+    matrix_images: dict[int, list[int]]
+
+    @classmethod
+    def from_mined(
+        cls,
+        name: str,
+        stage: str,
+        class_names: Sequence[str],
+        pixel_counts: np.ndarray,
+        ideal: np.ndarray,
+        class_embeds: np.ndarray,
+        confusion: np.ndarray,
+        centered: bool,
+        min_pixels: int,
+        images_per_class: int,
+    ) -> MisalignmentReport:
+        """Score mined W* ``ideal`` (I, K, C) against the classifier's prototypes ``class_embeds`` (I, K, C),
+        given the pixel counts (I, K) and the sanity-check confusion (K, K) of the same images."""
+        cosines = _class_cosines(ideal, class_embeds, pixel_counts, centered, min_pixels, images_per_class)
+        sanity = {"sanity_iou": iou_from_confusion(confusion), "sanity_miou": mean_iou(confusion)}
+        return cls(name, stage, list(class_names), pixel_counts, ideal, centered, **sanity, **cosines)
 
     @property
     def overall_consistency(self) -> float:
@@ -287,7 +307,9 @@ def misalignment(
     labelled, k, names = _labelled_probes(probes, class_names, "misalignment")
     setting = _setting(method, rcond if method == "pinv" else ridge)
     counts, embeds, ((ideal, confusion),) = _mine(labelled, stage, k, [setting], ignore_index)
-    return _report(name or stage, stage, names, counts, embeds, ideal, confusion, center, min_pixels, images_per_class)
+    return MisalignmentReport.from_mined(
+        name or stage, stage, names, counts, ideal, embeds, confusion, center, min_pixels, images_per_class
+    )
 
 
 def _labelled_probes(
@@ -327,48 +349,35 @@ def _mine(
     return np.stack(counts), np.stack(embeds), [(np.stack(i), c) for i, c in zip(ideal, confusion)]
 
 
-def _report(
-    name, stage, names, counts_arr, embeds_arr, ideal_arr, confusion, center, min_pixels, images_per_class
-) -> MisalignmentReport:
-    """Scores of mined W* (I, K, C) against the classifier's prototypes (I, K, C)."""
-    k = len(names)
-    ideal_cmp, embeds_cmp = ideal_arr, embeds_arr
+def _class_cosines(
+    ideal: np.ndarray,
+    class_embeds: np.ndarray,
+    pixel_counts: np.ndarray,
+    center: bool,
+    min_pixels: int,
+    images_per_class: int,
+) -> dict:
+    """The report's per-class cosine scores, computed together: ``consistency``, ``alignment`` and
+    ``embed_consistency`` (K,) (NaN for classes in no image with ``min_pixels`` cells), ``cosine_matrices``
+    and ``matrix_images`` (see :class:`MisalignmentReport`), from W* (I, K, C), the classifier's prototypes
+    (I, K, C) and the pixel counts (I, K)."""
+    k = pixel_counts.shape[1]
     if center:
-        ideal_cmp = ideal_arr - ideal_arr.mean(axis=1, keepdims=True)
-        embeds_cmp = embeds_arr - embeds_arr.mean(axis=1, keepdims=True)
-
-    consistency = np.full(k, np.nan)
-    alignment = np.full(k, np.nan)
-    embed_consistency = np.full(k, np.nan)
+        ideal = ideal - ideal.mean(axis=1, keepdims=True)
+        class_embeds = class_embeds - class_embeds.mean(axis=1, keepdims=True)
+    out = {name: np.full(k, np.nan) for name in ("consistency", "alignment", "embed_consistency")}
     matrices, matrix_images = {}, {}
     for c in range(k):
-        present = np.flatnonzero(counts_arr[:, c] >= min_pixels)
+        present = np.flatnonzero(pixel_counts[:, c] >= min_pixels)
         if present.size == 0:
             continue
-        vectors = ideal_cmp[present, c]  # (n, C)
-        consistency[c] = _mean_off_diagonal(cosine_matrix(vectors))
-        embed_consistency[c] = _mean_off_diagonal(cosine_matrix(embeds_cmp[present, c]))
-        alignment[c] = float(np.mean([cosine(embeds_cmp[i, c], ideal_cmp[i, c]) for i in present]))
+        out["consistency"][c] = _mean_off_diagonal(cosine_matrix(ideal[present, c]))
+        out["embed_consistency"][c] = _mean_off_diagonal(cosine_matrix(class_embeds[present, c]))
+        out["alignment"][c] = float(np.mean([cosine(class_embeds[i, c], ideal[i, c]) for i in present]))
         shown = present[:images_per_class]
-        matrices[c] = cosine_matrix(ideal_cmp[shown, c])
+        matrices[c] = cosine_matrix(ideal[shown, c])
         matrix_images[c] = [int(i) for i in shown]
-
-    sanity_iou = iou_from_confusion(confusion)
-    return MisalignmentReport(
-        name=name,
-        stage=stage,
-        class_names=names,
-        pixel_counts=counts_arr,
-        ideal=ideal_arr,
-        sanity_iou=sanity_iou,
-        sanity_miou=mean_iou(confusion),
-        consistency=consistency,
-        alignment=alignment,
-        embed_consistency=embed_consistency,
-        cosine_matrices=matrices,
-        matrix_images=matrix_images,
-        centered=center,
-    )
+    return {**out, "cosine_matrices": matrices, "matrix_images": matrix_images}
 
 
 def misalignment_suite(
@@ -559,7 +568,9 @@ def misalignment_sweep(
         counts, embeds, mined = _mine(labelled, stage, k, raw, ignore_index)
         table.images = len(labelled)
         for i, (st, (ideal, confusion)) in enumerate(zip(settings, mined)):
-            rep = _report(model, stage, names, counts, embeds, ideal, confusion, center, min_pixels, images_per_class)
+            rep = MisalignmentReport.from_mined(
+                model, stage, names, counts, ideal, embeds, confusion, center, min_pixels, images_per_class
+            )
             table.reports[(st.label, model)] = rep
             table.consistency[i, j] = rep.overall_consistency
             table.alignment[i, j] = rep.overall_alignment
