@@ -108,7 +108,7 @@ def test_neighbours_are_the_brute_force_cosine_ranking_in_e_and_e_prime(ctx, ana
         rep = callbacks.pixel_panel(ctx, analysis, x, y).report
         r, c = _cell(p, x, y)
         q = r * p.feature_size[1] + c
-        assert rep.point == q and (m.rows[q], m.cols[q]) == (r, c)
+        assert rep.point == q and (m.pixels.sample.rows[q], m.pixels.sample.cols[q]) == (r, c)
         for space, grid in (("E", p.features), ("E'", p.refined_features)):
             flat = grid.reshape(-1, grid.shape[-1])  # (h*w, C), row-major like the map's points
             assert rep.neighbours[space].flat.tolist() == _cosine_ranking(flat, q, 20)

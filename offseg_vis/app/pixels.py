@@ -17,7 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from offseg_vis.analysis.embedding import JointEmbedding, PixelSample, fit_joint_umap, gather_pixel_features
+from offseg_vis.analysis.embedding import (
+    JointEmbedding,
+    PixelFeatures,
+    PixelSample,
+    fit_joint_umap,
+    gather_pixel_features,
+)
 from offseg_vis.analysis.explore import Neighbours, cell_to_pixel, nearest_pixels, pixel_cell
 from offseg_vis.analysis.probe import IGNORE_INDEX, ImageProbe
 from offseg_vis.errors import InputError
@@ -33,37 +39,43 @@ class ImageMap:
     Attributes:
         grid_rows, grid_cols: the feature-grid rows (a,) and columns (b,) in the map; the map's points are
             their product in row-major order (point j = row ``j // b``, column ``j % b``).
-        rows, cols: (n,) the cell of every point, n = a * b.
-        x, y: (n,) each cell's centre pixel in image coordinates.
         stride: 1 when every cell is in the map.
-        features: (n, C) E of the points; refined: (n, C) E′, or None for a per-pixel model.
+        x, y: (n,) each point's centre pixel in image coordinates, n = a * b.
+        pixels: what the map was fitted on: ``sample`` (the points' cells ``rows``, ``cols`` (n,) and the
+            model's class there, ``classes`` (n,)), ``before`` (n, C) E and ``after`` (n, C) E′, or None for
+            a per-pixel model.
         embedding: the fit: ``before`` (n, 2), ``after`` (n, 2) or None, ``class_embed`` (K, 2) W and
             ``refined_class_embed`` (1, K, 2) W′, both centred over the classes before placing.
-        predicted: (n,) the model's class at (y, x); label: (n,) the ground truth there, or None.
-        why: a sentence on the method; seconds: wall time of the fit.
+        label: (n,) the ground truth at (y, x), or None.
+        why: a sentence on the method.
     """
 
     grid_rows: np.ndarray
     grid_cols: np.ndarray
-    rows: np.ndarray
-    cols: np.ndarray
+    stride: int
     x: np.ndarray
     y: np.ndarray
-    stride: int
-    features: np.ndarray
-    refined: np.ndarray | None
+    pixels: PixelFeatures
     embedding: JointEmbedding
-    predicted: np.ndarray
     label: np.ndarray | None
     why: str
-    seconds: float
 
     def __len__(self) -> int:
-        return int(self.rows.size)
+        return len(self.pixels.sample)
 
     @property
     def method(self) -> str:
         return self.embedding.method
+
+    @property
+    def seconds(self) -> float:
+        """Wall time of the fit."""
+        return self.embedding.fit_seconds
+
+    @property
+    def predicted(self) -> np.ndarray:
+        """(n,) the model's class at each point's pixel (the classes the points were sampled with)."""
+        return self.pixels.sample.classes
 
     def point_of(self, row: int, col: int) -> int:
         """The map point of feature cell (row, col): the cell itself, or the nearest map cell for stride > 1."""
@@ -120,22 +132,8 @@ def fit_image_map(
     )
     pixels = gather_pixel_features([p], sample)
     emb = fit_joint_umap(pixels, seed=seed, method=method, n_epochs=n_epochs, n_arrows=0)
-    return ImageMap(
-        grid_rows=grid_rows,
-        grid_cols=grid_cols,
-        rows=rows,
-        cols=cols,
-        x=x,
-        y=y,
-        stride=stride,
-        features=pixels.before,
-        refined=pixels.after,
-        embedding=emb,
-        predicted=predicted,
-        label=None if p.label is None else p.label[y, x],
-        why=why,
-        seconds=emb.fit_seconds,
-    )
+    label = None if p.label is None else p.label[y, x]
+    return ImageMap(grid_rows, grid_cols, stride, x, y, pixels, emb, label, why)
 
 
 @dataclass
@@ -221,9 +219,9 @@ def pixel_report(
     point, found = -1, {}
     if image_map is not None:
         point = image_map.point_of(row, col)
-        found["E"] = nearest_pixels(image_map.features, point, k)
-        if image_map.refined is not None:
-            found["E'"] = nearest_pixels(image_map.refined, point, k)
+        found["E"] = nearest_pixels(image_map.pixels.before, point, k)
+        if image_map.pixels.after is not None:
+            found["E'"] = nearest_pixels(image_map.pixels.after, point, k)
     scores = cell_scores(p, row, col, x, y, names[0])
     ablation = attention = None
     if p.is_offset_model:
