@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from offseg_vis.analysis import compare
 from offseg_vis.analysis.corrections import (
     BROKEN,
     CHANGED,
     CHANGED_WRONG,
+    CODE_COLORS,
     FIXED,
     IGNORED,
     UNCHANGED,
@@ -25,6 +27,22 @@ AFTER = np.array([[0, 2, 1, 1, 2]])
 LABEL = np.array([[0, 2, 2, 255, 1]])
 # pixel 0: 0->0 unchanged; 1: 1->2 with label 2 fixed; 2: 2->1 label 2 broken; 3: ignored;
 # 4: 0->2 label 1 changed-still-wrong.
+
+
+def test_codes_share_the_twin_comparisons_colours():
+    # One colour per meaning across the app's two maps: each correction code is drawn like the twin outcome it
+    # corresponds to (matched by name here, so renumbering either module breaks this test, not the figures).
+    twin_of = {
+        UNCHANGED: compare.BOTH_RIGHT,
+        FIXED: compare.FIXED,
+        BROKEN: compare.BROKEN,
+        CHANGED_WRONG: compare.BOTH_WRONG,
+        IGNORED: compare.IGNORED,
+    }
+    for code, twin in twin_of.items():
+        assert CODE_COLORS[code] == compare.OUTCOME_COLORS[twin]
+    assert list(CODE_COLORS) == [UNCHANGED, FIXED, BROKEN, CHANGED_WRONG, CHANGED, IGNORED]
+    assert len(set(CODE_COLORS.values())) == len(CODE_COLORS)  # CHANGED has a colour of its own
 
 
 def test_codes_with_label():
@@ -101,8 +119,14 @@ def test_offset_effect_scores_before_and_after():
     from offseg_vis.analysis.corrections import offset_effect
 
     lab = np.array([[0, 0, 1, 1]])
-    p = make_probe(np.zeros((1, 4, 2)), np.eye(2), lab, prediction=np.array([[0, 0, 1, 1]]),
-                   prediction_before_offsets=np.array([[0, 1, 1, 1]]), feature_offset=np.zeros((1, 4, 2)))
+    p = make_probe(
+        np.zeros((1, 4, 2)),
+        np.eye(2),
+        lab,
+        prediction=np.array([[0, 0, 1, 1]]),
+        prediction_before_offsets=np.array([[0, 1, 1, 1]]),
+        feature_offset=np.zeros((1, 4, 2)),
+    )
     eff = offset_effect([p])
     assert eff["aAcc_after"] == 1.0 and eff["aAcc_before"] == 0.75
     assert eff["mIoU_after"] == 1.0 and eff["mIoU_before"] == pytest.approx((1 / 2 + 2 / 3) / 2)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from offseg_vis.analysis.compare import OUTCOME_COLORS
 from offseg_vis.analysis.probe import IGNORE_INDEX, ImageProbe
 from offseg_vis.errors import InputError
 
@@ -31,15 +32,11 @@ CODE_NAMES = {
     CHANGED: "changed",
     IGNORED: "ignored",
 }
-# Colours for figures and the app (RGB 0-255).
-CODE_COLORS = {
-    UNCHANGED: (200, 200, 200),
-    FIXED: (40, 170, 60),
-    BROKEN: (215, 40, 40),
-    CHANGED_WRONG: (245, 165, 30),
-    CHANGED: (60, 110, 220),
-    IGNORED: (0, 0, 0),
-}
+# Colours for figures and the app (RGB 0-255). A correction map is the twin comparison made between the model
+# without and with its offsets, and codes 0-3 and 255 carry the twin outcomes' numbers (0 no change ~ both
+# right, 1 fixed, 2 broken, 3 still wrong ~ both wrong, 255 ignored): they take the same colours, so the app's
+# two maps read alike. CHANGED (no ground truth) is the one code of its own.
+CODE_COLORS = {code: OUTCOME_COLORS.get(code, (60, 110, 220)) for code in CODE_NAMES}
 LABELLED_CODES = (FIXED, BROKEN, CHANGED_WRONG, UNCHANGED)
 UNLABELLED_CODES = (CHANGED, UNCHANGED)
 
@@ -98,9 +95,7 @@ def correction_codes(
     before = np.asarray(before)
     after = np.asarray(after)
     if before.shape != after.shape:
-        raise InputError(
-            f"before {before.shape} and after {after.shape} predictions must have the same shape."
-        )
+        raise InputError(f"before {before.shape} and after {after.shape} predictions must have the same shape.")
     changed = before != after
     if label is None:
         return np.where(changed, CHANGED, UNCHANGED).astype(np.uint8)
@@ -162,9 +157,7 @@ def correction_map(
     counts = np.zeros((num_classes, len(order)), dtype=np.int64)
     for j, code in enumerate(order):
         sel = counted & (codes == code)
-        counts[:, j] = np.bincount(owner[sel].reshape(-1).astype(np.int64), minlength=num_classes)[
-            :num_classes
-        ]
+        counts[:, j] = np.bincount(owner[sel].reshape(-1).astype(np.int64), minlength=num_classes)[:num_classes]
     return CorrectionMap(
         codes=codes,
         before=before.astype(np.int64),
