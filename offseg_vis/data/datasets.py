@@ -100,6 +100,15 @@ def reduce_zero_label(mask: np.ndarray) -> np.ndarray:
     return np.where((mask == 0) | (mask == IGNORE_INDEX), IGNORE_INDEX, mask - 1)
 
 
+# ``Sample.convert`` -> the mapping from the stored mask's values to train ids (H, W) int64.
+LABEL_MAPPINGS = {
+    "none": lambda stored: stored.astype(np.int64),
+    "reduce_zero_label": reduce_zero_label,
+    "cityscapes": cityscapes_label_ids_to_train_ids,
+    "coco-stuff": coco_stuff_raw_to_train_ids,
+}
+
+
 # ----------------------------------------------------------------------------- file helpers
 
 
@@ -158,7 +167,7 @@ def _images_in(folder: Path, recursive: bool = False) -> list[Path]:
 
 @dataclass(frozen=True)
 class Sample:
-    """One image/mask pair; ``convert`` says which label mapping applies to the stored mask."""
+    """One image/mask pair; ``convert`` names the mapping of the stored mask's values (``LABEL_MAPPINGS``)."""
 
     image: Path
     mask: Path
@@ -255,8 +264,8 @@ class SegmentationFolder(torch.utils.data.Dataset):
         return samples, problems
 
     def map_labels(self, stored: np.ndarray, sample: Sample) -> np.ndarray:
-        """Stored mask values -> train ids (H, W) int64 in [0, K) or 255."""
-        return stored.astype(np.int64)
+        """Stored mask values -> train ids (H, W) int64 in [0, K) or 255, by the sample's ``convert``."""
+        return LABEL_MAPPINGS[sample.convert](stored)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -308,10 +317,7 @@ class ADE20K(SegmentationFolder):
         sub = _split_folder(self._SPLITS, self.split, type(self).__name__)
         images = _images_in(self.root / "images" / sub)
         masks = self.root / "annotations" / sub
-        return self._pair_by_name(images, lambda p: [(masks / f"{p.stem}.png", "none")], lambda p: p.stem)
-
-    def map_labels(self, stored: np.ndarray, sample: Sample) -> np.ndarray:
-        return reduce_zero_label(stored)
+        return self._pair_by_name(images, lambda p: [(masks / f"{p.stem}.png", "reduce_zero_label")], lambda p: p.stem)
 
 
 class Cityscapes(SegmentationFolder):
@@ -340,9 +346,6 @@ class Cityscapes(SegmentationFolder):
 
         return self._pair_by_name(images, masks, lambda p: p.name.removesuffix("_leftImg8bit.png"))
 
-    def map_labels(self, stored: np.ndarray, sample: Sample) -> np.ndarray:
-        return cityscapes_label_ids_to_train_ids(stored) if sample.convert == "cityscapes" else stored
-
 
 class COCOStuff(SegmentationFolder):
     """COCO-Stuff-164K: 80 things + 91 stuff = 171 train ids. Splits "train" / "val"."""
@@ -368,9 +371,6 @@ class COCOStuff(SegmentationFolder):
             ],
             lambda p: p.stem,
         )
-
-    def map_labels(self, stored: np.ndarray, sample: Sample) -> np.ndarray:
-        return coco_stuff_raw_to_train_ids(stored) if sample.convert == "coco-stuff" else stored
 
 
 class PascalContext59(SegmentationFolder):
@@ -409,11 +409,8 @@ class PascalContext59(SegmentationFolder):
             elif not mask.is_file():
                 problems.append(f"Missing mask for image {image}: expected {mask}")
             else:
-                samples.append(Sample(image, mask, stem))
+                samples.append(Sample(image, mask, stem, "reduce_zero_label"))
         return samples, problems
-
-    def map_labels(self, stored: np.ndarray, sample: Sample) -> np.ndarray:
-        return reduce_zero_label(stored)
 
 
 class FolderDataset(SegmentationFolder):
