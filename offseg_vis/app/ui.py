@@ -465,41 +465,24 @@ def wire_segment(
         api_visibility="private",
         queue=False,
     )
-    (
-        top.button.click(
-            on_segment,
-            [top.image, top.model],
-            [top.annotated, top.shares, state],
-            api_name="segment",
-            concurrency_id="model",
-            concurrency_limit=1,
-            api_description="Segment an image: returns the annotated image and each class's pixel share.",
+    step = top.button.click(
+        on_segment,
+        [top.image, top.model],
+        [top.annotated, top.shares, state],
+        api_name="segment",
+        concurrency_id="model",
+        concurrency_limit=1,
+        api_description="Segment an image: returns the annotated image and each class's pixel share.",
+    ).success(_status_of, [state], [top.status], api_visibility="private", queue=False)
+    # The panels, each after the previous one succeeded; every panel's work runs one at a time in its group.
+    for update, inputs, section, group in (
+        (_user_errors(functools.partial(_compare_update, ctx, cmp)), [state], cmp, "model"),
+        (_user_errors(functools.partial(_offsets_update, ctx, off)), [state], off, "panels"),
+        (on_explore, [state, exp.method], exp, "embedding"),
+    ):
+        step = step.success(
+            update, inputs, _components(section), api_visibility="private", concurrency_id=group, concurrency_limit=1
         )
-        .success(_status_of, [state], [top.status], api_visibility="private", queue=False)
-        .success(
-            _user_errors(functools.partial(_compare_update, ctx, cmp)),
-            [state],
-            _components(cmp),
-            api_visibility="private",
-            concurrency_id="model",
-        )
-        .success(
-            _user_errors(functools.partial(_offsets_update, ctx, off)),
-            [state],
-            _components(off),
-            api_visibility="private",
-            concurrency_id="panels",
-            concurrency_limit=1,
-        )
-        .success(
-            on_explore,
-            [state, exp.method],
-            _components(exp),
-            api_visibility="private",
-            concurrency_id="embedding",
-            concurrency_limit=1,
-        )
-    )
     exp.method.input(
         on_explore, [state, exp.method], _components(exp), api_visibility="private", concurrency_id="embedding"
     )
