@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from offseg_vis.constants import IGNORE_INDEX
 from offseg_vis.errors import InputError
+from offseg_vis.models.upsample import upsampled_argmax
 
 # What only an Offset Learning classifier computes, by ImageProbe field name.
 _OFFSET_OUTPUTS = (
@@ -179,12 +179,6 @@ def _check_labels(labels, images: list[np.ndarray]) -> list[np.ndarray | None]:
     return out
 
 
-def upsample_to_input(logits: Tensor, input_size: tuple[int, int], padded_size: tuple[int, int]) -> Tensor:
-    """(B, K, h, w) logits -> (B, K, H, W): bilinear to the padded canvas, then crop the real image."""
-    logits = F.interpolate(logits, size=padded_size, mode="bilinear", align_corners=False)
-    return logits[..., : input_size[0], : input_size[1]]
-
-
 def _padded_size(model: nn.Module, size: tuple[int, int]) -> tuple[int, int]:
     divisor = getattr(getattr(model, "backbone", None), "size_divisor", 1)
     return (size[0] + (-size[0]) % divisor, size[1] + (-size[1]) % divisor)
@@ -272,7 +266,7 @@ def _split_logits(model, logits: Tensor, size, images, labels, wanted) -> list[I
     """Logits (B, K, h, w) of the plain forward -> one ImageProbe per image (prediction, logits)."""
     padded = _padded_size(model, size)
     b, k, h, w = logits.shape
-    pred = upsample_to_input(logits.float(), size, padded).argmax(1)  # (B, H, W)
+    pred = upsampled_argmax(logits.float(), padded, crop=size)  # (B, H, W)
     return _per_image(
         images,
         labels,
@@ -316,9 +310,9 @@ def _split_output(model, out, size, images, labels, wanted) -> list[ImageProbe]:
     fsize = tuple(cls.spatial_size) if cls.spatial_size is not None else tuple(out.logits.shape[-2:])
     b, k = out.logits.shape[:2]
     before = cls.logits_without_offsets.transpose(1, 2).reshape(b, k, *fsize)  # (B, N, K) -> (B, K, h, w)
-    pred = upsample_to_input(out.logits.float(), size, padded).argmax(1)  # (B, H, W)
+    pred = upsampled_argmax(out.logits.float(), padded, crop=size)  # (B, H, W)
     pred_before = (
-        upsample_to_input(before.float(), size, padded).argmax(1)  # (B, H, W)
+        upsampled_argmax(before.float(), padded, crop=size)  # (B, H, W)
         if "prediction_before_offsets" in wanted
         else None
     )

@@ -22,9 +22,11 @@ from PIL import Image
 
 from offseg_vis.app import callbacks
 from offseg_vis.app.callbacks import AppContext, AppSettings
-from offseg_vis.app.testing import checkpoints_or_untrained
+from offseg_vis.app.components import ClassMapImage
+from offseg_vis.app.testing import checkpoints_or_untrained, write_untrained_checkpoints
 from offseg_vis.engine.runtime import environment
 from offseg_vis.engine.timing import time_call, time_interleaved
+from offseg_vis.errors import ConfigError
 
 
 def scene_png(folder: Path, size: int) -> Path:
@@ -42,7 +44,7 @@ def _encoders():
     import gradio as gr
 
     return {
-        "annotated": gr.AnnotatedImage(format="png", render=False),
+        "annotated": ClassMapImage(format="png", render=False),
         "table": gr.Dataframe(headers=["class", "share (%)", "pixels"], render=False),
         "picture": gr.Image(format="webp", render=False),
         "png": gr.Image(format="png", render=False),
@@ -50,12 +52,21 @@ def _encoders():
 
 
 def benchmark(
-    checkpoints: Sequence[str | Path] | None = None, size: int = 512, runs: int = 7, warmup: int = 1, clicks: int = 20
+    checkpoints: Sequence[str | Path] | None = None,
+    size: int = 512,
+    runs: int = 7,
+    warmup: int = 1,
+    clicks: int = 20,
+    untrained: str | None = None,
+    dataset: str = "ade20k",
 ) -> dict:
     """Time the segmentation panel, all panels and clicks for the first (default) model of ``checkpoints``.
 
     Args:
         checkpoints: files or folders (default: ``checkpoints/``, or an untrained pair when it is empty).
+        untrained: instead of ``checkpoints``, a zoo name (e.g. ``offseg-t``): a random-weight offset +
+            linear pair of it is written with the class names of ``dataset`` (a converted official
+            checkpoint's shape: OffSeg-T for ADE20K has 150 classes) and timed.
         size: side of the square upload; runs/warmup: rounds of the interleaved timing; clicks: timed clicks.
 
     Returns:
@@ -65,7 +76,12 @@ def benchmark(
     torch.set_flush_denormal(True)  # as the app does (server.start)
     work = Path(tempfile.mkdtemp(prefix="offseg-bench-app-"))
     os.environ.setdefault("GRADIO_TEMP_DIR", str(work / "gradio"))
-    paths = list(checkpoints) if checkpoints else checkpoints_or_untrained(work / "untrained")
+    if untrained is not None:
+        if checkpoints:
+            raise ConfigError("Pass checkpoints or an untrained model name (--untrained), not both.")
+        paths = write_untrained_checkpoints(work / "untrained", model=untrained, dataset=dataset)
+    else:
+        paths = list(checkpoints) if checkpoints else checkpoints_or_untrained(work / "untrained")
     ctx = AppContext.from_checkpoints(paths, AppSettings(warm_up_umap=False))
     entry = ctx.registry.get(None)
     upload = scene_png(work, size)
@@ -99,6 +115,7 @@ def benchmark(
     m = analysis.image_map
     return {
         "model": entry.label,
+        "weights": "random (untrained)" if untrained is not None else "trained",
         "params": entry.num_params,
         "classes": entry.num_classes,
         "twin": ctx.registry.twin_for(entry)[0] is not None,
@@ -124,7 +141,7 @@ def format_result(r: dict) -> str:
     twin = "with its twin" if r["twin"] else "no twin loaded"
     return "\n".join(
         [
-            f"{r['model']} ({r['params'] / 1e6:.2f} M params, {r['classes']} classes, {twin}); "
+            f"{r['model']} ({r['weights']} weights, {r['params'] / 1e6:.2f} M params, {r['classes']} classes, {twin}); "
             f"{r['size']}x{r['size']} PNG upload ({r['upload_kb']:.0f} KB); {env['threads']} torch threads, "
             f"{env['cpu']}; load average {r['load_average_1min']}",
             f"  segmentation panel: median {r['segmentation']['median_s']:.3f} s "
