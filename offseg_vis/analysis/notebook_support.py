@@ -16,8 +16,9 @@ import numpy as np
 from torch import nn
 
 from offseg_vis.analysis.cache import file_digest
-from offseg_vis.engine.config import load_config, shipped_checkpoints_dir
-from offseg_vis.engine.run import LoadedRun, load_run
+from offseg_vis.engine.config import Config, load_config, shipped_checkpoints_dir
+from offseg_vis.engine.evaluate import SegMetrics
+from offseg_vis.engine.run import DataSplit, LoadedRun, datasets_for, evaluate_split, load_run
 from offseg_vis.errors import CheckpointError
 
 MODEL_NAME = "offseg-mbv2"
@@ -214,11 +215,20 @@ def load_or_train(classifier: str = "offset", fast: bool | None = None) -> Noteb
     return _notebook_model(weights, note, True)
 
 
+def val_config(n: int) -> Config:
+    """The notebooks' recipe (``DEFAULT_CONFIG``) with its val split cut to the first ``n`` scenes, quiet."""
+    return load_config(DEFAULT_CONFIG, [f"data.val_options={{length: {int(n)}, progress: false}}"])
+
+
+def val_split(n: int) -> DataSplit:
+    """The first ``n`` validation scenes, built by the one run API like every other caller's: the
+    FashionScenes val set (its cache, built on first use), the recipe's test transform and the class names."""
+    return datasets_for(val_config(n), "val")
+
+
 def val_samples(n: int, start: int = 0) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
     """The first ``n`` FashionScenes validation scenes from ``start``: (images, masks, names)."""
-    from offseg_vis.data.fashion_scenes import FashionScenes
-
-    ds = FashionScenes("val", length=start + n, progress=False)
+    ds = val_split(start + n).dataset
     items = [ds[i] for i in range(start, start + n)]
     return [a for a, _, _ in items], [b for _, b, _ in items], [c for _, _, c in items]
 
@@ -237,10 +247,8 @@ def palette() -> np.ndarray:
     return np.asarray(PALETTE, dtype=np.uint8)
 
 
-def evaluate_val(model: nn.Module, n_images: int):
-    """mIoU / per-class IoU on the first ``n_images`` validation scenes (the engine's evaluator)."""
-    from offseg_vis.data.fashion_scenes import FashionScenes
-    from offseg_vis.engine.evaluate import evaluate
-
-    ds = FashionScenes("val", length=n_images, progress=False)
-    return evaluate(model, ds, batch_size=8, class_names=class_names())
+def evaluate_val(model: nn.Module, n_images: int) -> SegMetrics:
+    """mIoU / per-class IoU on the first ``n_images`` validation scenes (the engine's evaluator, with the
+    recipe's test protocol)."""
+    cfg = val_config(n_images)
+    return evaluate_split(model, datasets_for(cfg, "val"), cfg.test, class_names=class_names())

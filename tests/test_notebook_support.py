@@ -1,0 +1,40 @@
+"""The notebooks' data helpers go through the one run API and still give the val scenes they promise."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from offseg_vis.analysis import notebook_support as ns
+from offseg_vis.data.fashion_scenes import FashionScenes
+from offseg_vis.engine.evaluate import evaluate
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_val_samples_are_the_val_scenes_from_start_in_order():
+    images, masks, names = ns.val_samples(3, start=2)
+    direct = FashionScenes("val", length=5, progress=False)  # the reference: the dataset read by hand
+    assert names == ["val_000002", "val_000003", "val_000004"]
+    for i, (image, mask, name) in enumerate(zip(images, masks, names)):
+        ref_image, ref_mask, ref_name = direct[2 + i]
+        assert name == ref_name
+        np.testing.assert_array_equal(image, ref_image)
+        np.testing.assert_array_equal(mask, ref_mask)
+
+
+def test_val_split_is_the_recipes_val_split_cut_to_n():
+    split = ns.val_split(4)
+    assert len(split.dataset) == 4 and split.role == "val"
+    assert split.classes == ns.class_names()
+    assert repr(split.transform) == "TestTransform(scale=None)"  # the recipe's test protocol: no resize
+
+
+def test_evaluate_val_scores_like_the_evaluator_on_the_raw_scenes():
+    model = ns.load_or_train("offset").model
+    got = ns.evaluate_val(model, 4)
+    # Reference: the evaluator on the dataset itself, one image at a time, with its own normalisation (no
+    # run API, no transform). The argmax per pixel must agree, so the confusion-based scores are equal.
+    want = evaluate(model, FashionScenes("val", length=4, progress=False), batch_size=1)
+    np.testing.assert_array_equal(np.asarray(got.confusion), np.asarray(want.confusion))
+    assert got.mIoU == want.mIoU
