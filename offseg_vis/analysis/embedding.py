@@ -247,7 +247,7 @@ class FitOptions:
 
     Why n_epochs=100: a seeded UMAP runs its layout optimisation on one thread, and at 50k points its
     cost is proportional to the epochs; 100 epochs give a settled map in about half the time of UMAP's
-    default 200 (measured with ``scripts/bench_umap.py``).
+    default 200 (measured with ``offseg bench umap``).
     """
 
     method: str = "umap"
