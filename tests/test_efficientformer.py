@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import VENDORED_REFERENCE, assert_close_scaled, full_reference_dir, missing
+from conftest import VENDORED_REFERENCE, assert_close_scaled, assert_fails_scaled, full_reference_dir, missing
 from safetensors.torch import load_file
 from torch import nn
 
@@ -282,3 +282,71 @@ def test_load_imagenet_weights_errors(reference_dir, tmp_path):
         load_imagenet_weights(model, bad)
     # Failed loads leave the model untouched (everything is checked before anything is copied).
     assert all(torch.equal(initial[k], v) for k, v in model.state_dict().items())
+
+
+# -------------------------------------------------------------------------------------------------
+# The folded inference path (conv + BN + layer scale as one conv) against the plain modules
+# -------------------------------------------------------------------------------------------------
+
+
+def _random_bn(channels: int) -> nn.BatchNorm2d:
+    """An eval BatchNorm with non-trivial statistics and affine parameters."""
+    bn = nn.BatchNorm2d(channels).eval()
+    with torch.no_grad():
+        bn.running_mean.normal_(0.0, 0.5)
+        bn.running_var.uniform_(0.2, 3.0)
+        bn.weight.normal_(1.0, 0.3)
+        bn.bias.normal_(0.0, 0.3)
+    return bn
+
+
+@pytest.mark.numeric
+@pytest.mark.parametrize("groups, kernel, bias", [(1, 1, True), (1, 3, False), (12, 3, True)])
+def test_fold_conv_bn_equals_conv_then_bn_in_float64(groups, kernel, bias):
+    """W·s, (b − μ)·s + β (times a per-channel scale) is the eval conv → BN pair: float64, 1e-12."""
+    from offseg_vis.models.backbones.efficientformer_v2 import fold_conv_bn
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(12, 24, kernel, padding=kernel // 2, groups=groups, bias=bias).double()
+    bn = _random_bn(24).double()
+    out_scale = torch.rand(24, dtype=torch.float64) + 0.5
+    x = torch.randn(2, 12, 9, 7, dtype=torch.float64)
+    with torch.no_grad():
+        expected = out_scale.view(1, -1, 1, 1) * ((conv(x) - bn.running_mean.view(1, -1, 1, 1))
+                   / torch.sqrt(bn.running_var.view(1, -1, 1, 1) + bn.eps) * bn.weight.view(1, -1, 1, 1)
+                   + bn.bias.view(1, -1, 1, 1))  # fmt: skip
+        weight, b = fold_conv_bn(conv, bn, out_scale)
+        got = torch.nn.functional.conv2d(x, weight, b, padding=kernel // 2, groups=groups)
+    assert torch.allclose(got, expected, rtol=0, atol=1e-12 * float(expected.abs().max()))
+    with torch.no_grad():  # negative: the fold without the output scale is visibly different
+        weight, b = fold_conv_bn(conv, bn)
+        wrong = torch.nn.functional.conv2d(x, weight, b, padding=kernel // 2, groups=groups)
+    assert float((wrong - expected).abs().max()) > 1e-3
+
+
+@pytest.mark.numeric
+def test_folded_path_equals_plain_modules_and_reads_current_statistics():
+    """The inference path (folded BN + layer scale, in-place GELU) of a whole S1 backbone equals the
+    plain conv → BN modules (run with autograd on, which keeps the plain path) within fp32 rounding;
+    changing one BN's statistics afterwards changes the folded result (nothing is cached)."""
+    torch.manual_seed(0)
+    model = efficientformer_v2("s1").eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.load_state_dict(_random_bn(m.num_features).state_dict())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "layer_scale" in name:  # default 1e-5 would hide every residual branch
+                p.fill_(0.5)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.enable_grad():
+        plain = model(x)
+    with torch.inference_mode():
+        folded = model(x)
+    for i, (f, p) in enumerate(zip(folded, plain)):
+        assert_close_scaled(f, p, reduction_len=REDUCTION, factor=STACK_FACTOR, name=f"feature {i}")
+    with torch.no_grad():
+        model.network[0][0].mlp.norm1.running_mean += 1.0  # the statistics of one BN of the first block
+    with torch.inference_mode():
+        changed = model(x)[0]
+    assert_fails_scaled(changed, plain[0], reduction_len=REDUCTION, factor=STACK_FACTOR, name="edited BN stat")

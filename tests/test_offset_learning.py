@@ -301,3 +301,35 @@ def test_pixel_products_equal_plain_matmul_on_both_layouts(num_classes, batched_
         assert got.shape == (2, 35, num_classes)
         assert got.is_contiguous()
         assert_close_scaled(got, expected, 24)  # a 24-channel dot product
+
+
+@pytest.mark.parametrize(
+    "name, edited",
+    [("offseg-t", "backbone.network.0.0.mlp.norm1.running_mean"), ("offseg-mbv2", "decode_head.classifier.cls_repr")],
+)
+def test_model_inference_path_equals_plain_path(name, edited):
+    """The optimised inference path (fused Offset Learning; for offseg-t also the folded conv + BN
+    backbone) gives the plain path's logits (eval mode with autograd on: unfused, unfolded modules).
+
+    Tolerance: fp32 rounding scaled by the logits' magnitude; the two paths differ only in
+    summation order, over a deep network (factor 64, as for the decoder's previous-implementation
+    check). Editing one parameter or statistic afterwards must miss it by 10x: the check can fail.
+    """
+    from offseg_vis.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=19, classifier="offset").eval()
+    with torch.no_grad():
+        for p in model.parameters():  # default init leaves layer scales at 1e-5: make every path count
+            p.add_(0.05 * torch.randn_like(p))
+    x = torch.randn(1, 3, 96, 128)
+    with torch.enable_grad():
+        plain = model(x)
+    with torch.inference_mode():
+        fast = model(x)
+    assert_close_scaled(fast, plain, reduction_len=256, factor=64.0, name=f"{name} logits")
+    with torch.no_grad():
+        dict(model.named_parameters(), **dict(model.named_buffers()))[edited].add_(0.5)
+    with torch.inference_mode():
+        edited_out = model(x)
+    assert_fails_scaled(edited_out, plain, reduction_len=256, factor=64.0, name=f"{name} with {edited} edited")

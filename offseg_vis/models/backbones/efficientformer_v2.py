@@ -111,6 +111,51 @@ def conv_bn(cin: int, cout: int, kernel: int = 1, stride: int = 1, groups: int =
     return conv_norm_act(cin, cout, kernel, act=None, stride=stride, groups=groups, bias=True)
 
 
+def _folding(bn: nn.BatchNorm2d) -> bool:
+    """True when a conv and the BatchNorm after it may run as one folded conv: the BN uses its running
+    statistics, nothing needs gradients and no graph is being recorded (an exported graph keeps the
+    plain conv → BN pairs, which exporters and quantisers expect)."""
+    return not bn.training and not torch.is_grad_enabled() and not _recording_graph()
+
+
+def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, out_scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Weight (C_out, C_in/g, k, k) and bias (C_out,) of one conv equal to ``out_scale · bn(conv(x))``
+    with the BN in eval mode (s = γ/√(var + ε): W·s, (b − μ)·s + β, both times ``out_scale`` (C_out,)).
+
+    Computed afresh on every call from the current parameters (a few thousand to a few hundred
+    thousand values per conv), so loaded or edited weights are always used; nothing is cached or
+    written back, and the state dict is unchanged.
+    """
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)  # (C_out,)
+    shift = bn.bias - bn.running_mean * scale
+    bias = shift if conv.bias is None else conv.bias * scale + shift
+    if out_scale is not None:
+        scale, bias = scale * out_scale, bias * out_scale
+    return conv.weight * scale.view(-1, 1, 1, 1), bias
+
+
+def conv_then_bn(x: Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Tensor:
+    """bn(conv(x)): (B, C_in, H, W) -> (B, C_out, H', W'); one folded conv at inference (see :func:`_folding`).
+
+    Why: EfficientFormerV2 has a BN after every conv (≈ 95 at S1); folding saves a full pass over
+    each output and its allocation. Results equal the plain pair within fp32 rounding.
+    """
+    if not _folding(bn):
+        return bn(conv(x))
+    weight, bias = fold_conv_bn(conv, bn)
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def _conv_bn_seq(seq: nn.Sequential, x: Tensor) -> Tensor:
+    """A :func:`conv_bn` Sequential (children conv, BN) applied through :func:`conv_then_bn`."""
+    return conv_then_bn(x, seq[0], seq[1])
+
+
+def _gelu_conv_bn(seq: nn.Sequential, x: Tensor) -> Tensor:
+    """The attention ``proj`` Sequential (GELU, conv, BN) with the conv → BN pair through :func:`conv_then_bn`."""
+    return conv_then_bn(F.gelu(x), seq[1], seq[2])
+
+
 def relative_bias_index(query_grid: int, key_grid: int) -> Tensor:
     """Index of the relative-position bias table for every (query, key) pair.
 
@@ -158,6 +203,17 @@ class Mlp(nn.Module):
         x = F.gelu(self.norm1(self.fc1(x)))
         x = F.gelu(self.mid_norm(self.mid(x)))
         return self.norm2(self.fc2(x))
+
+    def folded(self, x: Tensor, out_scale: Tensor) -> Tensor:
+        """``out_scale · forward(x)`` with every BN (and the layer scale ``out_scale`` (C, 1, 1)) folded
+        into its conv and the GELUs in place: three convs and two activation passes, three
+        allocations instead of nine. Only for inference (:func:`_folding`); (B, C, H, W) -> same."""
+        w, b = fold_conv_bn(self.fc1, self.norm1)
+        x = torch.ops.aten.gelu_(F.conv2d(x, w, b))
+        w, b = fold_conv_bn(self.mid, self.mid_norm)
+        x = torch.ops.aten.gelu_(F.conv2d(x, w, b, padding=self.mid.padding, groups=self.mid.groups))
+        w, b = fold_conv_bn(self.fc2, self.norm2, out_scale.view(-1))
+        return F.conv2d(x, w, b)
 
 
 def _recording_graph() -> bool:
@@ -218,10 +274,10 @@ class _RelativeBias(nn.Module):
         (B, heads·vd, h', w'), N = H·W."""
         b, _, h, w = x.shape
         n = h * w
-        k = self.k(x).reshape(b, self.heads, self.key_dim, n)
-        v_map = self.v(x)  # (B, heads·vd, H, W)
+        k = _conv_bn_seq(self.k, x).reshape(b, self.heads, self.key_dim, n)
+        v_map = _conv_bn_seq(self.v, x)  # (B, heads·vd, H, W)
         v = v_map.reshape(b, self.heads, self.value_dim, n).transpose(2, 3)
-        return k, v, self.v_local(v_map)
+        return k, v, _conv_bn_seq(self.v_local, v_map)
 
     def relative_bias(self, num_queries: int, num_keys: int) -> Tensor:
         """The (heads, num_queries, num_keys) attention bias for the current input size.
@@ -298,10 +354,10 @@ class Attention4D(_RelativeBias):
     def forward(self, x: Tensor) -> Tensor:
         """x (B, C, H, W) -> (B, C, H, W); with stride 2, H and W must be even."""
         if self.stride > 1:
-            x = self.stride_conv(x)
+            x = _conv_bn_seq(self.stride_conv, x)
         b, _, h, w = x.shape
         n = h * w
-        q = self.q(x).reshape(b, self.heads, self.key_dim, n).transpose(2, 3)  # (B, heads, N, kd)
+        q = _conv_bn_seq(self.q, x).reshape(b, self.heads, self.key_dim, n).transpose(2, 3)  # (B, heads, N, kd)
         k, v, v_local = self._keys_values(x)  # (B, heads, kd, N), (B, heads, N, vd), (B, heads·vd, h, w)
 
         attn = (q @ k) * self.scale + self.relative_bias(n, n)  # (B, heads, N, N)
@@ -310,7 +366,7 @@ class Attention4D(_RelativeBias):
         out = (attn @ v).transpose(2, 3).reshape(b, self.heads * self.value_dim, h, w) + v_local
         if self.stride > 1:
             out = F.interpolate(out, scale_factor=self.stride, mode="bilinear", align_corners=False)
-        return self.proj(out)
+        return _gelu_conv_bn(self.proj, out)
 
 
 class LGQuery(nn.Module):
@@ -325,7 +381,7 @@ class LGQuery(nn.Module):
         self.proj = conv_bn(dim, out_dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(self.local(x) + x[:, :, ::2, ::2])
+        return _conv_bn_seq(self.proj, self.local(x) + x[:, :, ::2, ::2])
 
 
 class Attention4DDownsample(_RelativeBias):
@@ -368,7 +424,7 @@ class Attention4DDownsample(_RelativeBias):
 
         attn = ((q @ k) * self.scale + self.relative_bias(n2, n)).softmax(dim=-1)  # (B, heads, N2, N)
         out = (attn @ v).transpose(2, 3).reshape(b, self.heads * self.value_dim, h2, w2) + v_local
-        return self.proj(out)
+        return _gelu_conv_bn(self.proj, out)
 
 
 class FFNBlock(nn.Module):
@@ -381,6 +437,8 @@ class FFNBlock(nn.Module):
         self.drop_path_rate = drop_path_rate
 
     def forward(self, x: Tensor) -> Tensor:
+        if _folding(self.mlp.norm2) and not self.training:
+            return self.mlp.folded(x, self.layer_scale_2).add_(x)  # x + ls₂·Mlp(x), one pass
         return x + drop_path(self.layer_scale_2 * self.mlp(x), self.drop_path_rate, self.training)
 
 
@@ -406,6 +464,8 @@ class AttnFFNBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + drop_path(self.layer_scale_1 * self.token_mixer(x), self.drop_path_rate, self.training)
+        if _folding(self.mlp.norm2) and not self.training:
+            return self.mlp.folded(x, self.layer_scale_2).add_(x)  # x + ls₂·Mlp(x), one pass
         return x + drop_path(self.layer_scale_2 * self.mlp(x), self.drop_path_rate, self.training)
 
 
@@ -418,7 +478,7 @@ class Downsample(nn.Module):
         self.norm = nn.BatchNorm2d(cout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.norm(self.proj(x))
+        return conv_then_bn(x, self.proj, self.norm)
 
 
 class AttnDownsample(nn.Module):
@@ -431,7 +491,7 @@ class AttnDownsample(nn.Module):
         self.bn = nn.BatchNorm2d(cout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.attn(x) + self.bn(self.conv(x))
+        return self.attn(x) + conv_then_bn(x, self.conv, self.bn)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -530,7 +590,8 @@ class EfficientFormerV2(nn.Module):
                 f"EfficientFormerV2 needs height and width that are multiples of {self.size_divisor}, got "
                 f"{h}x{w}; pad the images (the Segmentor does this for you)."
             )
-        x = self.patch_embed(x)
+        stem = self.patch_embed
+        x = F.gelu(conv_then_bn(F.gelu(conv_then_bn(x, stem[0], stem[1])), stem[3], stem[4]))
         outputs = []
         for i, layer in enumerate(self.network):
             x = layer(x)
