@@ -49,3 +49,7 @@ def test_class_map_image_passes_other_values_to_the_stock_encoder(tmp_path, monk
     mask = np.asarray(Image.open(data.annotations[0].image.path).convert("RGBA"))
     assert mask[3, 2, 3] == 255 and mask[0, 0, 3] == 0  # the stock box outline
     assert ClassMapImage(render=False).postprocess(None) is None
+
+
+def test_class_map_image_uses_the_annotated_image_frontend():
+    assert ClassMapImage(render=False).get_block_name() == gr.AnnotatedImage(render=False).get_block_name()

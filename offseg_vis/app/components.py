@@ -53,6 +53,8 @@ def mask_rgba(mask: np.ndarray, rgb: tuple[int, int, int]) -> np.ndarray:
 class ClassMapImage(gr.AnnotatedImage):
     """``gr.AnnotatedImage`` for a class map: (image (H, W, 3) uint8, [(mask (H, W) in [0, 1], label)])."""
 
+    is_template = True  # gradio's mark for a subclass that reuses its parent's frontend (gr.templates does it)
+
     def postprocess(self, value):
         if (
             value is None

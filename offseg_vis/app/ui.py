@@ -35,6 +35,7 @@ import gradio as gr
 
 from offseg_vis.app import callbacks
 from offseg_vis.app.callbacks import ALL_CLASSES, EMBEDDING_METHODS, AppContext, PixelPanel
+from offseg_vis.app.components import ClassMapImage
 from offseg_vis.app.examples import example_images
 from offseg_vis.app.render import hex_color
 from offseg_vis.errors import OffSegError
@@ -123,7 +124,7 @@ class TopSection:
     image: gr.Image
     button: gr.Button
     status: gr.Markdown
-    annotated: gr.AnnotatedImage
+    annotated: ClassMapImage
     shares: gr.Dataframe
 
 
@@ -162,7 +163,7 @@ def top_section(ctx: AppContext, colour_map: dict[str, str]) -> TopSection:
         with gr.Column(scale=2):
             image, button, status = _upload_column(ctx)
         with gr.Column(scale=3):
-            annotated = gr.AnnotatedImage(
+            annotated = ClassMapImage(
                 label="Segmentation",
                 color_map=colour_map,
                 show_legend=True,
