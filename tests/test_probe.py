@@ -204,3 +204,31 @@ def test_need_takes_the_fused_path_without_attention(offset_model, monkeypatch):
     assert calls == [] and q.logits.shape == (K, 16, 16)
     probe(offset_model, _images(1, seed=8))
     assert calls == [1]
+
+
+@pytest.mark.parametrize("which", ["offset_model", "linear_model"])
+def test_complete_probe_from_the_kept_classifier_input_equals_a_full_probe(which, request, monkeypatch):
+    """The app segments with the fast path, then adds the intermediates by running only the classifier."""
+    from offseg_vis.analysis.probe import OUTPUTS, complete_probe
+
+    model = request.getfixturevalue(which)
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)  # padded to the backbone's divisor
+    label = rng.integers(0, model.num_classes, (70, 90))
+    full = probe(model, [image], [label])[0]
+    fast = probe(model, [image], [label], need={"prediction"}, keep_classifier_input=True)[0]
+    assert fast.classifier_input is not None and fast.features is None
+    calls = []
+    monkeypatch.setattr(model.backbone, "forward", lambda *a, **k: calls.append(1))  # must not run again
+    completed = complete_probe(model, fast)
+    assert not calls
+    assert completed.computed == full.computed
+    for name in OUTPUTS:
+        ours, ref = getattr(completed, name), getattr(full, name)
+        assert (ours is None) == (ref is None), name
+        if ref is not None:
+            np.testing.assert_array_equal(ours, ref, err_msg=name)
+    # without a kept input the whole model runs again (and gives the same)
+    monkeypatch.undo()
+    again = complete_probe(model, probe(model, [image], [label], need={"prediction"})[0], need={"features"})
+    np.testing.assert_array_equal(again.features, full.features)

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from offseg_vis.constants import IGNORE_INDEX
 from offseg_vis.errors import InputError
+from offseg_vis.models.segmentor import Segmentor, SegmentorOutput
 from offseg_vis.models.upsample import upsampled_argmax
 
 # What only an Offset Learning classifier computes, by ImageProbe field name.
@@ -78,6 +79,9 @@ class ImageProbe:
         refined_class_embed: W' = W + ΔW (K, C); offset models only.
         class_attention: (K, h, w) softmax over pixels of A = E·Wᵀ (each map sums to 1); offset models only.
         position_attention: (h, w, K) softmax over classes of A (each pixel sums to 1); offset models only.
+        classifier_input: (C, h, w) tensor the classifier received, kept by ``probe(...,
+            keep_classifier_input=True)`` so that :func:`complete_probe` can add the intermediates later
+            by running the classifier alone; None otherwise.
     """
 
     image: np.ndarray
@@ -100,6 +104,7 @@ class ImageProbe:
     refined_class_embed: np.ndarray | None = None
     class_attention: np.ndarray | None = None
     position_attention: np.ndarray | None = None
+    classifier_input: Tensor | None = None
 
     @property
     def embed_dims(self) -> int:
@@ -207,6 +212,7 @@ def probe(
     labels: Sequence[np.ndarray | None] | None = None,
     batch_size: int = 8,
     need: Iterable[str] | None = None,
+    keep_classifier_input: bool = False,
 ) -> list[ImageProbe]:
     """Run ``model`` (a Segmentor) on uint8 images and return one :class:`ImageProbe` per image.
 
@@ -222,6 +228,9 @@ def probe(
             included. When only ``prediction`` / ``logits`` are asked for, the model's plain forward runs
             (Offset Learning's fused path: no attention maps, ΔE or E' are formed); otherwise the
             intermediates are requested and only the asked-for ones are copied out.
+        keep_classifier_input: keep each image's classifier input (``ImageProbe.classifier_input``), so
+            that :func:`complete_probe` can later compute the other outputs without running the backbone
+            and decoder again (Segmentor models; others keep None).
 
     Returns:
         list of ImageProbe in the order of ``images``.
@@ -238,6 +247,12 @@ def probe(
     was_training = model.training
     model.eval()
     fast = wanted <= FAST_OUTPUTS
+    kept: list[Tensor] = []
+    hook = (
+        model.classifier.register_forward_pre_hook(lambda _module, args: kept.append(args[0]))
+        if keep_classifier_input and isinstance(model, Segmentor)
+        else None
+    )
     try:
         with torch.inference_mode():
             for size, indices in groups.items():
@@ -250,10 +265,39 @@ def probe(
                     out = model(x) if fast else model(x, return_intermediates=True)
                     chunk_imgs, chunk_labs = [imgs[i] for i in chunk], [labs[i] for i in chunk]
                     for j, probe_ in enumerate(split(model, out, size, chunk_imgs, chunk_labs, wanted)):
+                        if kept:
+                            probe_.classifier_input = kept[-1][j]  # (C, h, w)
                         results[chunk[j]] = probe_
     finally:
         model.train(was_training)
+        if hook is not None:
+            hook.remove()
     return results  # type: ignore[return-value]
+
+
+def complete_probe(model: nn.Module, earlier: ImageProbe, need: Iterable[str] | None = None) -> ImageProbe:
+    """The probe of ``earlier``'s image with the outputs in ``need`` (None = all).
+
+    When ``earlier`` kept its classifier input (``probe(..., keep_classifier_input=True)``), only the
+    classifier runs (with its intermediates): the backbone and decoder are deterministic functions of the
+    image, so the result is what a full probe gives, at a fraction of the cost. Otherwise the whole
+    model runs again.
+    """
+    labels = None if earlier.label is None else [earlier.label]
+    if earlier.classifier_input is None:
+        return probe(model, [earlier.image], labels, need=need)[0]
+    wanted = _check_need(need)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            cls = model.classifier(earlier.classifier_input[None], return_intermediates=True)
+            out = SegmentorOutput(logits=cls.logits, classifier=cls, input_size=earlier.input_size)
+            full = _split_output(model, out, earlier.input_size, [earlier.image], labels, wanted)[0]
+    finally:
+        model.train(was_training)
+    full.classifier_input = earlier.classifier_input
+    return full
 
 
 def _is_offset_classifier(model: nn.Module) -> bool:

@@ -20,7 +20,7 @@ import numpy as np
 from offseg_vis.analysis import offsets
 from offseg_vis.analysis.compare import TwinComparison, compare_to_baseline
 from offseg_vis.analysis.corrections import correction_map
-from offseg_vis.analysis.probe import ImageProbe, probe
+from offseg_vis.analysis.probe import ImageProbe, complete_probe, probe
 from offseg_vis.app import pixels, render
 from offseg_vis.app.embedding_budget import EmbeddingSettings, UmapTimer
 from offseg_vis.app.examples import EXAMPLES_DIR, ExampleMasks
@@ -147,7 +147,13 @@ def segment(ctx: AppContext, image_path: str | Path | None, model_label: str | N
     loaded = load_image(image_path, ctx.settings.limits)
     label = _known_mask(ctx, entry, loaded.image)
     with entry.lock:
-        p = probe(entry.model, [loaded.image], None if label is None else [label], need=SEGMENT_OUTPUTS)[0]
+        p = probe(
+            entry.model,
+            [loaded.image],
+            None if label is None else [label],
+            need=SEGMENT_OUTPUTS,
+            keep_classifier_input=True,  # the panels' intermediates then need only the classifier
+        )[0]
     seconds = time.perf_counter() - start
     analysis = Analysis(entry.label, p, list(loaded.notices), seconds, original_size=tuple(loaded.original_size))
     h, w = loaded.image.shape[:2]
@@ -181,7 +187,7 @@ def full_probe(ctx: AppContext, analysis: Analysis) -> ImageProbe:
         return p
     entry = ctx.registry.get(analysis.model_label)
     with entry.lock:
-        full = probe(entry.model, [p.image], None if p.label is None else [p.label])[0]
+        full = complete_probe(entry.model, p)
     analysis.probe = full
     return full
 
