@@ -199,7 +199,8 @@ def test_analysis_of_a_finished_pair_reads_its_checkpoints(finished_grid):
     base, budget, arms, _, root, _ = finished_grid
     analysis = ex.analyse_arm(base, budget, arms[1], 0, root / "runs", n_images=4)
     assert (analysis.arm, analysis.baseline, analysis.seed, analysis.images) == ("offset@0.5", "linear@0.5", 0, 4)
-    assert list(analysis.reports) == ["offset: before (E, W)", "offset: after (E', W')", "linear (E, W)"]
+    assert analysis.sweep.models == ["offset: before (E, W)", "offset: after (E', W')", "linear (E, W)"]
+    assert len(analysis.sweep.settings) == 12  # 5 cut-offs, 6 ridge values, class means
     # The twin counts are compare_to_baseline on both runs' own weights and val scenes, probed here directly.
     val_raw = datasets_for(ex.run_config(base, arms[1], 0, budget), "val").dataset
     scenes = [val_raw[i] for i in range(4)]
@@ -221,6 +222,7 @@ def test_analysis_of_a_finished_pair_reads_its_checkpoints(finished_grid):
 
 
 def test_analysis_known_values_on_a_tiny_synthetic_pair():
+    from offseg_vis.analysis.misalignment import stable_orderings
     from offseg_vis.analysis.synthetic import make_probe
     from offseg_vis.experiment.analysis import summarise_pair
 
@@ -249,6 +251,10 @@ def test_analysis_known_values_on_a_tiny_synthetic_pair():
     doc = ex.format_analysis([a], budget, "offseg experiment --analyse")
     assert "| 2 / 1 (+1) | 57.14 / 42.86 | 35.6 → 38.9 | 2 / 2 |" in doc
     assert "ablation, offsets switched off" in doc and "vs per-pixel twin" in doc
+    assert a.sweep.markdown() in doc and "W* orderings that hold at every setting" in doc
+    # the row lists exactly the orderings that hold at all settings (or says none does)
+    stable = [c.statement for m in ("consistency", "alignment") for c in stable_orderings(a.sweep, m) if c.holds]
+    assert a.stable_orderings() == stable and (("<br>".join(stable) or "none: every ordering") in doc)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -5,8 +5,10 @@ baseline (``linear`` at the same style and scene preset, same seed), probes both
 scenes of the arm, and reports
 
 * W* consistency (cosine of one class's ideal prototype across images) and alignment (cosine of W
-  with W*), before (E, W) and after (E', W') the offsets, and for the per-pixel model: the paper's
-  Fig. 3 measurement (see :mod:`offseg_vis.analysis.misalignment`);
+  with W*), before (E, W) and after (E', W') the offsets, and for the per-pixel model: a class-centred
+  analogue of the paper's Fig. 3 (see :mod:`offseg_vis.analysis.misalignment`), at every setting of the
+  W* regulariser (:func:`offseg_vis.analysis.misalignment.misalignment_sweep`), keeping only the orderings that hold
+  at all of them;
 * what Offset Learning changed against its per-pixel twin (the baseline arm, same seed): pixels fixed
   (twin wrong, OL right), broken (twin right, OL wrong), both wrong and both right
   (:func:`offseg_vis.analysis.compare_to_baseline`);
@@ -28,13 +30,11 @@ from pathlib import Path
 from offseg_vis.analysis import (
     compare_to_baseline,
     correction_map,
-    misalignment_suite,
     offset_effect,
-    per_class_table,
     probe,
-    summary_table,
 )
 from offseg_vis.analysis.corrections import CODE_NAMES, total_class_counts
+from offseg_vis.analysis.misalignment import SweepTable, misalignment_sweep, stable_orderings
 from offseg_vis.data.fashion_scenes import CLASSES
 from offseg_vis.engine.checkpoint import checkpoint_weights, load_model
 from offseg_vis.engine.run import datasets_for
@@ -53,8 +53,8 @@ class ArmAnalysis:
     Attributes:
         arm, seed: what was analysed; ``baseline`` is the per-pixel arm it is compared with.
         images: val scenes probed.
-        reports: name -> :class:`~offseg_vis.analysis.misalignment.MisalignmentReport`
-            ("offset: before (E, W)", "offset: after (E', W')", "linear (E, W)").
+        sweep: the W* scores of "offset: before (E, W)", "offset: after (E', W')" and "linear (E, W)"
+            at every regulariser setting (:class:`~offseg_vis.analysis.misalignment.SweepTable`).
         twin: pixels {"fixed", "broken", "both_wrong", "both_right"} of the offset model against its
             per-pixel twin (the baseline arm), summed over the images.
         effect: ablation, offsets switched off: {"mIoU_before", "mIoU_after", "aAcc_before", "aAcc_after"}
@@ -67,7 +67,7 @@ class ArmAnalysis:
     baseline: str
     seed: int
     images: int
-    reports: dict
+    sweep: SweepTable
     twin: dict
     effect: dict
     ablation: dict
@@ -83,18 +83,17 @@ class ArmAnalysis:
         n = max(sum(self.twin.values()), 1)
         return (self.twin["fixed"] + self.twin["both_right"]) / n, (self.twin["broken"] + self.twin["both_right"]) / n
 
+    def stable_orderings(self) -> list[str]:
+        """The W* orderings (consistency, alignment) that hold at every setting of the sweep, as sentences."""
+        return [c.statement for m in ("consistency", "alignment") for c in stable_orderings(self.sweep, m) if c.holds]
+
     def summary_row(self) -> dict:
         """The numbers the README quotes, flat."""
-        before, after, linear = (self.reports[k] for k in self.reports)
         return {
             "arm": self.arm,
             "seed": self.seed,
-            "consistency_before": before.overall_consistency,
-            "consistency_after": after.overall_consistency,
-            "consistency_linear": linear.overall_consistency,
-            "alignment_before": before.overall_alignment,
-            "alignment_after": after.overall_alignment,
-            "alignment_linear": linear.overall_alignment,
+            "w_star_settings": len(self.sweep.settings),
+            "w_star_stable_orderings": self.stable_orderings(),
             **{f"twin_{k}": v for k, v in self.twin.items()},
             **{f"ablation_{k}": v for k, v in self.effect.items()},
         }
@@ -144,15 +143,16 @@ def analyse_arm(
 def summarise_pair(
     arm: str, baseline: str, seed: int, offset_probes, linear_probes, class_names, **misalignment_options
 ) -> ArmAnalysis:
-    """The analysis of an offset model and its per-pixel twin from their probes on the same labelled images."""
-    reports = misalignment_suite(offset_probes, linear_probes, class_names, **misalignment_options)
+    """The analysis of an offset model and its per-pixel twin from their probes on the same labelled images
+    (``misalignment_options`` go to :func:`~offseg_vis.analysis.misalignment.misalignment_sweep`)."""
+    sweep = misalignment_sweep(offset_probes, linear_probes, class_names, **misalignment_options)
     counts, order = total_class_counts([correction_map(p) for p in offset_probes])  # (K, codes)
     return ArmAnalysis(
         arm=arm,
         baseline=baseline,
         seed=int(seed),
         images=len(offset_probes),
-        reports=reports,
+        sweep=sweep,
         twin=compare_to_baseline(offset_probes, linear_probes, class_names).totals(),
         effect=offset_effect(offset_probes),
         ablation={CODE_NAMES[code]: int(counts[:, j].sum()) for j, code in enumerate(order)},
@@ -166,10 +166,13 @@ def format_analysis(analyses: Sequence[ArmAnalysis], budget: Budget, command: st
         "",
         f"Generated by `{command}`; regenerate it, do not edit it. Budget {budget.key()}: {budget.describe()}.",
         "",
-        "W* = M·(Eᵀ)⁺ is an image's ideal class prototype (class-centred, see `analysis/misalignment.py`; "
-        "pseudo-inverse cut-off 1e-5). Consistency = mean cosine of one class's W* across images (high = one "
-        "fixed W can fit every image); alignment = cosine of the classifier's W (W' after the offsets) with W*. "
-        "These orderings depend on the W* regulariser (see `docs/misalignment_sweep.md`).",
+        "W* is an image's ideal set of class prototypes, mined from its features and ground truth "
+        "(class-centred, see `analysis/misalignment.py`); consistency = mean cosine of one class's W* across "
+        "images (high = one fixed W can fit every image); alignment = cosine of the classifier's W (W' after "
+        "the offsets) with W*: a class-centred analogue of the paper's Fig. 3. W* is ill-posed, so it is mined "
+        "at every setting of the regulariser (pseudo-inverse cut-offs, ridge λ and the knob-free class means, "
+        "as `docs/misalignment_sweep.md`), and an ordering of two models is kept only when it holds at all of "
+        "them. The offset model's E and the linear model's E are different feature spaces.",
         "",
         "**Against the per-pixel twin** (the baseline arm at the same seed): fixed = twin wrong and Offset "
         "Learning right, broken = twin right and Offset Learning wrong, over the labelled pixels. "
@@ -177,36 +180,27 @@ def format_analysis(analyses: Sequence[ArmAnalysis], budget: Budget, command: st
         "classifier nobody trained) against the same model with its offsets; it measures how much the "
         "predictions lean on the offsets, not a gain over a per-pixel model.",
         "",
-        "| arm | seed | images | W* consistency: before / after / linear | alignment: before / after / linear "
-        "| vs per-pixel twin: px fixed / broken (net) | pixel accuracy % OL / twin "
-        "| ablation, offsets switched off: mIoU % without → with | ablation: px turned right / wrong |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| arm | seed | images | vs per-pixel twin: px fixed / broken (net) | pixel accuracy % OL / twin "
+        "| ablation, offsets switched off: mIoU % without → with | ablation: px turned right / wrong "
+        "| W* orderings that hold at every setting |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for a in analyses:
-        r = a.summary_row()
         acc_ol, acc_twin = a.twin_accuracy
+        stable = a.stable_orderings()
         lines.append(
             f"| `{a.arm}` | {a.seed} | {a.images} "
-            f"| {r['consistency_before']:.3f} / {r['consistency_after']:.3f} / {r['consistency_linear']:.3f} "
-            f"| {r['alignment_before']:.3f} / {r['alignment_after']:.3f} / {r['alignment_linear']:.3f} "
             f"| {a.twin['fixed']:,} / {a.twin['broken']:,} ({a.twin_net_fixed:+,}) "
             f"| {100 * acc_ol:.2f} / {100 * acc_twin:.2f} "
             f"| {100 * a.effect['mIoU_before']:.1f} → {100 * a.effect['mIoU_after']:.1f} "
-            f"| {a.ablation.get('fixed', 0):,} / {a.ablation.get('broken', 0):,} |"
+            f"| {a.ablation.get('fixed', 0):,} / {a.ablation.get('broken', 0):,} "
+            f"| {'<br>'.join(stable) or f'none: every ordering flips or ties within the {len(a.sweep.settings)}'} |"
         )
     for a in analyses:
         lines += [
             "",
-            f"## `{a.arm}` vs `{a.baseline}`, seed {a.seed} ({a.images} val scenes)",
+            f"## `{a.arm}` vs `{a.baseline}`, seed {a.seed} ({a.images} val scenes): W* at every setting",
             "",
-            "```",
-            summary_table(a.reports),
-            "```",
-            "",
-            "Per class, consistency of W* across images:",
-            "",
-            "```",
-            per_class_table(a.reports, "consistency"),
-            "```",
+            a.sweep.markdown(),
         ]
     return "\n".join(lines) + "\n"
