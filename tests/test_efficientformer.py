@@ -350,3 +350,21 @@ def test_folded_path_equals_plain_modules_and_reads_current_statistics():
     with torch.inference_mode():
         changed = model(x)[0]
     assert_fails_scaled(changed, plain[0], reduction_len=REDUCTION, factor=STACK_FACTOR, name="edited BN stat")
+
+
+@pytest.mark.numeric
+@pytest.mark.parametrize("size", [(1, 1), (2, 5), (16, 16), (7, 12)])
+def test_upsample_bilinear_2x_equals_interpolate_in_float64(size):
+    """The matrix-product ×2 upsampling equals F.interpolate (bilinear, align_corners=False) in
+    float64 within 1e-12, edges included; align_corners=True (a different grid) is far off."""
+    from offseg_vis.models.layers import upsample_bilinear_2x
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    expected = torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    got = upsample_bilinear_2x(x)
+    assert got.is_contiguous()
+    assert torch.allclose(got, expected, rtol=0, atol=1e-12)
+    if min(size) > 1:
+        other = torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+        assert float((got - other).abs().max()) > 1e-2

@@ -19,6 +19,7 @@ import numbers
 from collections.abc import Sequence
 from typing import overload
 
+import torch
 from torch import Tensor, nn
 
 from offseg_vis.errors import ConfigError
@@ -59,6 +60,38 @@ def as_pair(value: int | Sequence[int] | None) -> tuple[int, int] | None:
     if len(items) != 2:
         raise ConfigError(f"A size must be an int or a pair of ints (h, w), got {len(items)} values: {value!r}.")
     return (items[0], items[1])
+
+
+# --------------------------------------------------------------------------------------------------
+# Resampling
+# --------------------------------------------------------------------------------------------------
+
+
+def _upsample_matrix(n: int, like: Tensor) -> Tensor:
+    """(2n, n) matrix of bilinear ×2 upsampling along one axis (align_corners=False, edge clamped):
+    output 2i = ¾·x[i] + ¼·x[i − 1], output 2i + 1 = ¾·x[i] + ¼·x[i + 1], indices clamped to [0, n)."""
+    u = torch.zeros(2 * n, n, dtype=like.dtype, device=like.device)
+    i = torch.arange(n, device=like.device)
+    u[2 * i, i] = 0.75
+    u[2 * i + 1, i] = 0.75
+    u[2 * i[1:], i[:-1]] = 0.25  # left neighbours
+    u[2 * i[:-1] + 1, i[1:]] = 0.25  # right neighbours
+    u[0, 0] = u[2 * n - 1, n - 1] = 1.0  # at the edges the clamped neighbour is the pixel itself
+    return u
+
+
+def upsample_bilinear_2x(x: Tensor) -> Tensor:
+    """Bilinear ×2 upsampling, equal to ``F.interpolate(x, scale_factor=2, mode="bilinear",
+    align_corners=False)`` within fp32 rounding: (B, C, H, W) -> (B, C, 2H, 2W), contiguous.
+
+    Computed as two small matrix products with the fixed (2W, W) and (2H, H) interpolation matrices
+    (each output is ¾·one input + ¼·its neighbour per axis; the other products are exact zeros).
+    Why: on many channels and a small map (EfficientFormerV2's stage-3 attention, 1024 × 16² -> 32²)
+    torch's CPU kernel goes through channels-last copies: 9.0 vs 1.4 ms per call on one thread.
+    """
+    b, c, h, w = x.shape
+    rows = x.reshape(b * c * h, w) @ _upsample_matrix(w, x).t()  # (B·C·H, 2W)
+    return (_upsample_matrix(h, x) @ rows.view(b * c, h, 2 * w)).view(b, c, 2 * h, 2 * w)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -258,4 +291,5 @@ __all__ = [
     "conv_norm_act",
     "drop_path",
     "drop_path_rates",
+    "upsample_bilinear_2x",
 ]

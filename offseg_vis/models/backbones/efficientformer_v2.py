@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from offseg_vis.errors import CheckpointError, ConfigError, InputError
 from offseg_vis.models.key_accounting import misfit_parts
-from offseg_vis.models.layers import conv_norm_act, drop_path
+from offseg_vis.models.layers import conv_norm_act, drop_path, upsample_bilinear_2x
 from offseg_vis.models.safe_pickle import safe_load
 
 __all__ = [
@@ -365,7 +365,10 @@ class Attention4D(_RelativeBias):
         attn = self.talking_head2(attn)  # ... and after it
         out = (attn @ v).transpose(2, 3).reshape(b, self.heads * self.value_dim, h, w) + v_local
         if self.stride > 1:
-            out = F.interpolate(out, scale_factor=self.stride, mode="bilinear", align_corners=False)
+            if self.stride == 2 and not _recording_graph():
+                out = upsample_bilinear_2x(out)  # torch's kernel copies to channels-last and back here
+            else:
+                out = F.interpolate(out, scale_factor=self.stride, mode="bilinear", align_corners=False)
         return _gelu_conv_bn(self.proj, out)
 
 
