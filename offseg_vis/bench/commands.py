@@ -11,24 +11,31 @@ import json
 from offseg_vis.experiment.cli import register_experiment
 
 
+def _ints(parser: argparse.ArgumentParser, **defaults: int) -> None:
+    """Declare integer options by name: ``num_classes=150`` becomes ``--num-classes`` (type int, default 150)."""
+    for name, default in defaults.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=int, default=default)
+
+
+def _json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", help="also write the result to this JSON file")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser(
         "bench", help="benchmarks: Offset Learning paths, model speed, training throughput, UMAP, app latency"
     )
     bsub = bench.add_subparsers(dest="bench_command", required=True)
     ol = bsub.add_parser("ol", help="plain vs fused Offset Learning (time and peak memory)")
-    ol.add_argument("--num-classes", type=int, default=150)
-    ol.add_argument("--channels", type=int, default=256)
+    _ints(ol, num_classes=150, channels=256)
     ol.add_argument("--size", type=int, default=128, help="feature map side (128 = stride 4 of 512)")
-    ol.add_argument("--runs", type=int, default=20)
-    ol.add_argument("--json", help="also write the result to this JSON file")
+    _ints(ol, runs=20)
+    _json_option(ol)
     ol.set_defaults(func=_ol)
 
     speed = bsub.add_parser("speed", help="params, GMACs and batch-1 latency of the zoo (writes docs/benchmarks.*)")
     speed.add_argument("--models", nargs="*", default=None, help="default: the paper's models and offseg-mbv2")
-    speed.add_argument("--size", type=int, default=512)
-    speed.add_argument("--warmup", type=int, default=5)
-    speed.add_argument("--runs", type=int, default=20)
+    _ints(speed, size=512, warmup=5, runs=20)
     speed.add_argument(
         "--runtime",
         nargs="+",
@@ -43,30 +50,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     train = bsub.add_parser("train", help="training throughput (img/s) per classifier, interleaved")
     train.add_argument("--model", default="offseg-mbv2")
     train.add_argument("--classifiers", nargs="+", default=["linear", "offset"])
-    train.add_argument("--size", type=int, default=128)
-    train.add_argument("--batch", type=int, default=16)
-    train.add_argument("--num-classes", type=int, default=11)
-    train.add_argument("--warmup", type=int, default=3)
-    train.add_argument("--steps", type=int, default=10)
-    train.add_argument("--json", help="also write the result to this JSON file")
+    _ints(train, size=128, batch=16, num_classes=11, warmup=3, steps=10)
+    _json_option(train)
     train.set_defaults(func=_train)
 
     app = bsub.add_parser("app", help="the app's latency: segmentation panel, all panels, clicks (512² upload)")
     app.add_argument("--checkpoint", nargs="+", default=None, help="files or folders (default: checkpoints/)")
-    app.add_argument("--size", type=int, default=512)
-    app.add_argument("--runs", type=int, default=7)
-    app.add_argument("--warmup", type=int, default=1)
-    app.add_argument("--clicks", type=int, default=20)
-    app.add_argument("--json", help="also write the result to this JSON file")
+    _ints(app, size=512, runs=7, warmup=1, clicks=20)
+    _json_option(app)
     app.set_defaults(func=_app)
 
     umap = bsub.add_parser("umap", help="the joint UMAP (before + after pixels) at the promised size")
     umap.add_argument("--points", type=int, default=50_000, help="points fitted (before + after)")
-    umap.add_argument("--dims", type=int, default=256)
-    umap.add_argument("--repeats", type=int, default=2)
+    _ints(umap, dims=256, repeats=2)
     umap.add_argument("--method", default="umap", choices=["umap", "pca"])
     umap.add_argument("--n-epochs", type=int, default=None, help="UMAP epochs (default: the library's)")
-    umap.add_argument("--json", help="also write the result to this JSON file")
+    _json_option(umap)
     umap.set_defaults(func=_umap)
 
     # the experiment is its own command now (`offseg experiment`); the old name still works
