@@ -162,7 +162,10 @@ def compute_similarity(x: Tensor, kernel_size: int = 3, dilation: int = 1) -> Te
     if k % 2 != 1:
         raise ValueError(f"compute_similarity needs an odd window, got {k}.")
     pad = r * d
-    unit = x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-8)  # (B, C, H, W)
+    # √(Σ x²) over channels as a plain sum: linalg.vector_norm over dim 1 of an NCHW map took 5.4 vs
+    # 0.6 ms (64 × 128², one thread), and this runs twice per FreqFusion.
+    norm = (x * x).sum(dim=1, keepdim=True).sqrt()  # (B, 1, H, W); out of place: autograd needs it
+    unit = x / norm.clamp_min(1e-8)  # (B, C, H, W)
     padded = F.pad(unit, (pad, pad, pad, pad))  # (B, C, H + 2p, W + 2p); zero vectors outside
     hp, wp = h + 2 * pad, w + 2 * pad
     sims: dict[tuple[int, int], Tensor] = {}
