@@ -41,3 +41,20 @@ def test_bench_umap_command_pca(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert (result["points"], result["dims"], len(result["wall_s"])) == (400, 8, 1)
     assert "joint pca of 400 points x 8 dims" in capsys.readouterr().out
+
+
+def test_bench_speed_times_labels_beside_the_forward():
+    """Every variant gets a second latency (forward + upsample + argmax), timed in the same rounds,
+    and the markdown table shows it in its own column."""
+    from offseg_vis.bench.speed import benchmark_models, format_markdown
+
+    result = benchmark_models(names=("offseg-mbv2",), size=64, warmup=0, runs=2, with_hf_peer=False)
+    row = result["models"][0]
+    for classifier in ("linear", "offset"):
+        labels = row[classifier]["with_labels"]
+        assert labels["runs"] == 2 and labels["median_s"] > 0
+    lines = format_markdown(result).splitlines()
+    header = next(line for line in lines if line.startswith("| model |"))
+    column = header.split("|").index(" median ms + upsample + argmax ")
+    offset_row = next(line for line in lines if line.startswith("| offseg-mbv2 | offset |"))
+    assert float(offset_row.split("|")[column]) == round(row["offset"]["with_labels"]["median_s"] * 1e3)
