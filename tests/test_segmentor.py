@@ -128,3 +128,18 @@ def test_pretrained_backbone_classifies_a_cat_feature_is_nontrivial():
     cat, coffee = feats(data.chelsea()), feats(data.coffee())
     cos = torch.nn.functional.cosine_similarity(cat, coffee, dim=0)
     assert cos < 0.9
+
+
+@pytest.mark.numeric
+@pytest.mark.parametrize("size", [(64, 64), (70, 90)])  # the second is padded for the backbone
+def test_predict_labels_is_the_argmax_of_predict_whole(size):
+    """The class map without the upsampled logits equals argmax(predict_whole) away from near-ties."""
+    torch.manual_seed(0)
+    model = build_model("offseg-mbv2", 11, "offset").eval()
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(1))
+    whole = model.predict_whole(x)
+    top2 = whole.double().topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 16 * torch.finfo(torch.float32).eps * whole.abs().amax()
+    labels = model.predict_labels(x)
+    assert labels.shape == (2, *size) and clear.float().mean() > 0.99
+    assert torch.equal(labels[clear], whole.argmax(1)[clear])

@@ -56,6 +56,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     app = bsub.add_parser("app", help="the app's latency: segmentation panel, all panels, clicks (512² upload)")
     app.add_argument("--checkpoint", nargs="+", default=None, help="files or folders (default: checkpoints/)")
+    app.add_argument(
+        "--untrained",
+        metavar="MODEL",
+        help="instead of checkpoints: a random-weight offset + linear pair of this zoo model (e.g. offseg-t)",
+    )
+    app.add_argument("--dataset", default="ade20k", help="with --untrained: whose class names the card carries")
     _ints(app, size=512, runs=7, warmup=1, clicks=20)
     _json_option(app)
     app.set_defaults(func=_app)
@@ -101,7 +107,9 @@ def _train(args: argparse.Namespace) -> int:
 def _app(args: argparse.Namespace) -> int:
     from offseg_vis.bench.app_latency import benchmark, format_result
 
-    result = benchmark(args.checkpoint, args.size, args.runs, args.warmup, args.clicks)
+    result = benchmark(
+        args.checkpoint, args.size, args.runs, args.warmup, args.clicks, untrained=args.untrained, dataset=args.dataset
+    )
     print(format_result(result))
     _write_json(args.json, result)
     return 0

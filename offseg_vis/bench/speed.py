@@ -39,7 +39,7 @@ def _forward(model: torch.nn.Module, size: int, device: str, labels: bool = Fals
     """A no-argument callable running one batch-1 eval forward of ``model`` (under autocast on CUDA).
 
     With ``labels`` the call goes on to what a user needs (as PP-MobileSeg reports CPU latency): the
-    logits upsampled to the input size (``predict_whole``, bilinear) and their argmax, (1, H, W).
+    class ids at the input size (``predict_labels``: the argmax of the logits upsampled bilinearly), (1, H, W).
     """
     model = model.to(device).eval()
     x = torch.randn(1, 3, size, size, device=device)
@@ -51,7 +51,7 @@ def _forward(model: torch.nn.Module, size: int, device: str, labels: bool = Fals
 
     def run_labels():
         with torch.inference_mode(), torch.autocast(device_type="cuda", enabled=cuda):
-            model.predict_whole(x).argmax(dim=1)
+            model.predict_labels(x)
 
     return run_labels if labels else run
 

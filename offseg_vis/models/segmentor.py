@@ -23,6 +23,7 @@ from offseg_vis.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 from offseg_vis.errors import InputError
 from offseg_vis.models.layers import as_pair
 from offseg_vis.models.offset_learning import ClassifierOutput
+from offseg_vis.models.upsample import upsampled_argmax
 
 
 @dataclass
@@ -141,10 +142,21 @@ class Segmentor(nn.Module):
         """One run over the whole (padded) image: (B, 3, H, W) -> logits (B, K, H, W) at the input size."""
         return self._resize_to_input(self(images), images)
 
+    @torch.no_grad()
+    def predict_labels(self, images: Tensor) -> Tensor:
+        """One run over the whole image: (B, 3, H, W) -> class ids (B, H, W), the argmax of
+        :meth:`predict_whole`'s logits, computed by :func:`~offseg_vis.models.upsample.upsampled_argmax`
+        without forming the (B, K, H, W) upsampled logits."""
+        h, w = images.shape[-2:]
+        return upsampled_argmax(self(images).float(), self._padded_size(h, w), crop=(h, w))
+
+    def _padded_size(self, h: int, w: int) -> tuple[int, int]:
+        divisor = getattr(self.backbone, "size_divisor", 1)
+        return h + (-h) % divisor, w + (-w) % divisor
+
     def _resize_to_input(self, logits: Tensor, images: Tensor) -> Tensor:
         h, w = images.shape[-2:]
-        divisor = getattr(self.backbone, "size_divisor", 1)
-        ph, pw = h + (-h) % divisor, w + (-w) % divisor
+        ph, pw = self._padded_size(h, w)
         if (ph, pw) != (h, w):
             # Logits cover the padded canvas: resize to it, then crop the real image.
             logits = F.interpolate(logits, size=(ph, pw), mode="bilinear", align_corners=False)

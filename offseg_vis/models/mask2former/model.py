@@ -216,6 +216,12 @@ class Mask2FormerSegmentor(Segmentor):
         masks = F.interpolate(preds.mask_logits[-1], size=padded, mode="bilinear", align_corners=False)
         return semantic_logits(preds.class_logits[-1], masks)[..., :h, :w]
 
+    @torch.no_grad()
+    def predict_labels(self, images: Tensor) -> Tensor:
+        """Normalised images (B, 3, H, W) -> class ids (B, H, W): the argmax of :meth:`predict_whole` (the
+        mask logits are upsampled before the sigmoid, so the semantic scores exist at full size anyway)."""
+        return self.predict_whole(images).argmax(1)
+
 
 def build_mask2former(
     num_classes: int,
