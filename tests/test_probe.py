@@ -218,6 +218,7 @@ def test_complete_probe_from_the_kept_classifier_input_equals_a_full_probe(which
     full = probe(model, [image], [label])[0]
     fast = probe(model, [image], [label], need={"prediction"}, keep_classifier_input=True)[0]
     assert fast.classifier_input is not None and fast.features is None
+    fast_unlabelled = probe(model, [image], need={"prediction"}, keep_classifier_input=True)[0]
     calls = []
     monkeypatch.setattr(model.backbone, "forward", lambda *a, **k: calls.append(1))  # must not run again
     completed = complete_probe(model, fast)
@@ -228,6 +229,10 @@ def test_complete_probe_from_the_kept_classifier_input_equals_a_full_probe(which
         assert (ours is None) == (ref is None), name
         if ref is not None:
             np.testing.assert_array_equal(ours, ref, err_msg=name)
+    # an upload has no ground truth: the same without a label
+    unlabelled = complete_probe(model, fast_unlabelled)
+    assert unlabelled.label is None
+    np.testing.assert_array_equal(unlabelled.features, full.features)
     # without a kept input the whole model runs again (and gives the same)
     monkeypatch.undo()
     again = complete_probe(model, probe(model, [image], [label], need={"prediction"})[0], need={"features"})

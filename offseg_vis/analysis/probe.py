@@ -293,7 +293,7 @@ def complete_probe(model: nn.Module, earlier: ImageProbe, need: Iterable[str] | 
         with torch.inference_mode():
             cls = model.classifier(earlier.classifier_input[None], return_intermediates=True)
             out = SegmentorOutput(logits=cls.logits, classifier=cls, input_size=earlier.input_size)
-            full = _split_output(model, out, earlier.input_size, [earlier.image], labels, wanted)[0]
+            full = _split_output(model, out, earlier.input_size, [earlier.image], [earlier.label], wanted)[0]
     finally:
         model.train(was_training)
     full.classifier_input = earlier.classifier_input
