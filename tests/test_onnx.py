@@ -75,6 +75,13 @@ def test_command_exports_and_reports(tmp_path, capsys):
     assert "zoo model offseg-mbv2 (random weights, 11 classes" in text
     assert "ONNX Runtime vs torch at (64, 64)" in text
     assert OnnxRuntimeModel(out)(np.zeros((1, 3, 64, 64), np.float32)).shape == (1, 11, 16, 16)
+    # the benchmark's session lets its threads sleep after a run (same outputs); the default spins
+    x = np.random.default_rng(0).normal(size=(1, 3, 64, 64)).astype(np.float32)
+    quiet, default = OnnxRuntimeModel(out, spinning=False), OnnxRuntimeModel(out)
+    entry = "session.intra_op.allow_spinning"
+    assert quiet.session.get_session_options().get_session_config_entry(entry) == "0"
+    assert default.session.get_session_options().get_session_config_entry(entry) == "1"
+    np.testing.assert_array_equal(quiet(x), default(x))
 
 
 def test_bad_inputs_get_sentences(tmp_path, capsys):

@@ -88,7 +88,7 @@ def _onnxruntime_forward(model: torch.nn.Module, size: int, folder: str):
     max |ONNX Runtime − torch| of its logits."""
     path = Path(folder) / f"{getattr(model, 'model_name', 'model')}_{getattr(model, 'classifier_name', '')}.onnx"
     export_onnx(model, path, (size, size), dynamic=False, check_sizes=[])
-    runtime = OnnxRuntimeModel(path)
+    runtime = OnnxRuntimeModel(path, spinning=False)  # spinning ORT threads would slow the interleaved torch calls
     check = compare_with_torch(model, runtime, (size, size))
     x = torch.randn(1, 3, size, size).numpy()
     return (lambda: runtime(x)), check

@@ -235,9 +235,12 @@ class OnnxRuntimeModel:
     Args:
         path: the .onnx file.
         threads: intra-op threads (default: torch's thread count, so the runtimes compare fairly).
+        spinning: let ONNX Runtime's worker threads spin after a run, waiting for the next one (its
+            default: lowest latency back to back). Off, they sleep at once: needed when other work shares
+            the cores, e.g. PyTorch calls timed interleaved with this session, which the spinning slows.
     """
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, spinning: bool = True) -> None:
         require_deploy()
         import onnxruntime as ort
 
@@ -248,6 +251,7 @@ class OnnxRuntimeModel:
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         self.path = path
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
