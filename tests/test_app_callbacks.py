@@ -23,11 +23,11 @@ from offseg_vis.analysis.probe import probe
 from offseg_vis.app import callbacks, pixels, render
 from offseg_vis.app.callbacks import AppContext, AppSettings
 from offseg_vis.app.embedding_budget import EmbeddingSettings, UmapTimer
-from offseg_vis.app.examples import ExampleMasks, example_images, mask_path
+from offseg_vis.app.examples import ExampleMasks, example_images, example_label, mask_path, scene_preset
 from offseg_vis.app.inputs import InputLimits, load_image
-from offseg_vis.app.models import ModelRegistry, load_checkpoint
+from offseg_vis.app.models import ModelRegistry, card_scene_preset, load_checkpoint
 from offseg_vis.app.testing import checkpoints_or_untrained, write_untrained_checkpoints
-from offseg_vis.data.fashion_scenes import CLASSES, PALETTE
+from offseg_vis.data.fashion_scenes import CLASSES, PALETTE, SCENE_PRESETS, FashionScenesConfig, generate_scene
 from offseg_vis.errors import CheckpointError, InputError
 
 # ----------------------------------------------------------------------------- input files
@@ -190,14 +190,61 @@ def segmented(ctx, example):
 
 def test_gallery_ships_scenes_with_masks():
     paths = example_images()
-    assert 6 <= len(paths) <= 8
+    plain = [p for p in paths if scene_preset(p) == ""]
+    looks = [p for p in paths if scene_preset(p) == "looks"]
+    assert len(plain) == 8 and len(looks) == 6 and paths == plain + looks  # plain scenes first
     masks = ExampleMasks()
     assert len(masks) == len(paths)
     for path in paths:
         image = np.asarray(Image.open(path).convert("RGB"))
         mask = masks.lookup(image)
-        assert mask is not None and mask.shape == image.shape[:2] and mask.max() < len(CLASSES)
+        assert mask is not None and masks.scene_of(image) == path
+        # each file is exactly the generator's val scene of its preset (an independent reference)
+        index = int(path.name[: -len(".png")].rpartition("_")[2])
+        want_image, want_mask = generate_scene("val", index, FashionScenesConfig(**SCENE_PRESETS[scene_preset(path)]))
+        np.testing.assert_array_equal(image, want_image)
+        np.testing.assert_array_equal(mask, want_mask)
     assert masks.lookup(np.zeros((128, 128, 3), np.uint8)) is None
+    assert {c for p in looks for c in np.unique(masks.lookup(np.asarray(Image.open(p).convert("RGB"))))} == set(
+        range(len(CLASSES))
+    )  # the +looks scenes show every class too
+    assert example_label(plain[0]) == f"val {int(plain[0].stem.split('_')[1])}"
+    assert example_label(looks[0]).startswith("+looks · val ")
+
+
+def test_a_gallery_scene_of_another_setting_is_named_in_the_status(ctx):
+    default = ctx.registry.get(None)
+    setting = card_scene_preset(default.card)
+    own = [p for p in example_images() if scene_preset(p) == (setting or "")]
+    other = [p for p in example_images() if scene_preset(p) != (setting or "")]
+    status = callbacks.segment(ctx, own[0]).status
+    assert f"gallery scene {example_label(own[0])}" in status and "Note:" not in status
+    status = callbacks.segment(ctx, other[0]).status
+    if setting is None:  # an untrained checkpoint without a recorded scene setting: nothing to compare
+        assert "Note:" not in status
+    else:
+        assert f"Note: {default.label} was trained and scored on plain scenes and this is a +looks scene" in status
+
+
+def test_every_model_is_paired_with_the_twin_of_its_own_setting(ctx):
+    for label in ctx.registry.labels:
+        model = ctx.registry.get(label)
+        twin, how = ctx.registry.twin_for(model)
+        assert twin is not None and twin.classifier != model.classifier, how
+        assert card_scene_preset(twin.card) == card_scene_preset(model.card)
+        assert twin.path.name.replace("linear", "offset") == model.path.name.replace("linear", "offset")
+
+
+def test_card_scene_preset_reads_the_val_scenes_of_the_card():
+    card = {"config": {"data": {"dataset": "fashion-scenes", "dataset_options": {}, "val_options": {"length": 9}}}}
+    assert card_scene_preset(card) == ""
+    card["config"]["data"]["val_options"]["config"] = {"class_style": 1.0, "classes_per_scene": 2, "style": 0.5}
+    assert card_scene_preset(card) == "looks"
+    card["config"]["data"]["dataset_options"] = {"config": {"class_style": 0.5}}  # val options win
+    assert card_scene_preset(card) == "looks"
+    card["config"]["data"]["val_options"] = {}
+    assert card_scene_preset(card) is None  # class_style 0.5 is no preset
+    assert card_scene_preset({"config": {"data": {"dataset": "ade20k"}}}) is None and card_scene_preset({}) is None
 
 
 def test_registry_puts_offset_first_and_finds_the_twin_from_the_cards(ctx):

@@ -70,3 +70,13 @@ def test_export_card_miou_equals_offseg_eval_with_test_scale(tmp_path, capsys):
     raw = datasets_for(cfg, "val").dataset
     unscaled = evaluate(model, raw, batch_size=3)
     assert abs(unscaled.mIoU - card["val_metrics"]["mIoU"]) > 1e-6
+
+
+def test_card_wall_time_leaves_out_a_stop_and_resume(tmp_path):
+    from offseg_vis.engine.export import RESUME_GAP_S, _wall_time
+
+    times = [100.0, 130.0, 160.0, 160.0 + RESUME_GAP_S + 1, 160.0 + RESUME_GAP_S + 41]  # stopped after 60 s
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps({"time": t, "type": "train"}) + "\n" for t in times))
+    assert _wall_time(tmp_path) == pytest.approx(60.0 + 40.0, abs=1e-9)
+    (tmp_path / "log.jsonl").write_text(json.dumps({"time": 1.0}) + "\n")
+    assert _wall_time(tmp_path) is None and _wall_time(tmp_path / "missing") is None

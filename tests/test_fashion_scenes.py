@@ -305,3 +305,13 @@ def test_class_look_parameters_are_validated():
         fs.FashionScenesConfig(class_style=1.5)
     with pytest.raises(ConfigError, match="classes_per_scene"):
         fs.FashionScenesConfig(classes_per_scene=11)
+
+
+def test_scene_preset_of_names_each_preset_and_nothing_else():
+    from dataclasses import asdict
+
+    for name, options in fs.SCENE_PRESETS.items():
+        assert fs.scene_preset_of(asdict(fs.FashionScenesConfig(**options, style=0.2, seed=3))) == name
+        assert fs.scene_preset_of(dict(options)) == name  # missing keys at their defaults
+    assert fs.scene_preset_of({"class_style": 0.5}) is None
+    assert fs.scene_preset_of({"class_style": 1.0, "classes_per_scene": 3}) is None

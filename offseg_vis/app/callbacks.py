@@ -23,9 +23,9 @@ from offseg_vis.analysis.corrections import correction_map
 from offseg_vis.analysis.probe import ImageProbe, complete_probe, probe
 from offseg_vis.app import pixels, render
 from offseg_vis.app.embedding_budget import EmbeddingSettings, UmapTimer
-from offseg_vis.app.examples import EXAMPLES_DIR, ExampleMasks
+from offseg_vis.app.examples import EXAMPLES_DIR, ExampleMasks, example_label, scene_preset
 from offseg_vis.app.inputs import InputLimits, load_image
-from offseg_vis.app.models import AppModel, ModelRegistry
+from offseg_vis.app.models import AppModel, ModelRegistry, card_scene_preset
 from offseg_vis.app.pixels import ImageMap
 from offseg_vis.errors import InputError
 
@@ -121,6 +121,25 @@ class SegmentResult:
     status: str
 
 
+def _gallery_sentence(ctx: AppContext, entry: AppModel, image: np.ndarray) -> str:
+    """What the status says about a gallery scene: its ground truth is known, and which setting it is
+    from when the model's card says it was trained on another one."""
+    scene = ctx.examples.scene_of(image)
+    text = (
+        f"This is gallery scene {example_label(scene)}, so its ground truth is known: the twin comparison "
+        "shows what Offset Learning fixed and broke."
+    )
+    scene_setting, model_setting = scene_preset(scene), card_scene_preset(entry.card)
+    if model_setting is not None and model_setting != scene_setting:
+        trained = f"+{model_setting}" if model_setting else "plain"
+        shown = f"+{scene_setting}" if scene_setting else "plain"
+        text += (
+            f" Note: {entry.label} was trained and scored on {trained} scenes and this is a {shown} scene; "
+            f"pick a model of the {shown} setting to see it on its own data."
+        )
+    return text
+
+
 def _known_mask(ctx: AppContext, entry: AppModel, image: np.ndarray) -> np.ndarray | None:
     """The gallery mask of this exact image, when the model speaks FashionScenes' classes."""
     from offseg_vis.data.fashion_scenes import CLASSES
@@ -159,10 +178,7 @@ def segment(ctx: AppContext, image_path: str | Path | None, model_label: str | N
     h, w = loaded.image.shape[:2]
     lines = [f"Segmented a {w}×{h} image with {entry.model_name} ({entry.classifier}) in {seconds:.2f} s."]
     if label is not None:
-        lines.append(
-            "This is a gallery scene, so its ground truth is known: the twin comparison shows what Offset "
-            "Learning fixed and broke."
-        )
+        lines.append(_gallery_sentence(ctx, entry, loaded.image))
     lines += loaded.notices
     analysis.status = "\n\n".join(lines)
     return SegmentResult(

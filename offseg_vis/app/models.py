@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from offseg_vis.data.fashion_scenes import SCENE_PRESETS, scene_preset_of
+from offseg_vis.engine.checkpoint import card_dataset_name
 from offseg_vis.engine.config import shipped_checkpoints_dir
 from offseg_vis.engine.run import LoadedRun, load_run
 from offseg_vis.errors import CheckpointError
@@ -39,11 +41,16 @@ def find_checkpoints(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in folder.glob("*.safetensors") if p.is_file() and not p.name.startswith("."))
 
 
-def card_dataset(meta: dict) -> str | None:
-    """The dataset a card names: ``dataset`` (training checkpoints) or ``data.dataset`` (exports)."""
-    data = meta.get("data")
-    name = meta.get("dataset") or (data.get("dataset") if isinstance(data, dict) else None)
-    return str(name) if name else None
+def card_scene_preset(meta: dict) -> str | None:
+    """The FashionScenes preset of the val scenes a card's mIoU is measured on ("" plain, "looks", ...;
+    see :data:`~offseg_vis.data.fashion_scenes.SCENE_PRESETS`), or None (other data, no config, or
+    parameters no preset has)."""
+    data = (meta.get("config") or {}).get("data") if isinstance(meta.get("config"), dict) else None
+    if not isinstance(data, dict) or data.get("dataset") != "fashion-scenes":
+        return None
+    options = {**(data.get("dataset_options") or {}), **(data.get("val_options") or {})}
+    config = options.get("config") if isinstance(options.get("config"), dict) else {}
+    return scene_preset_of(config)
 
 
 def card_metrics(meta: dict) -> dict:
@@ -122,7 +129,11 @@ class AppModel(LoadedRun):
         the card's own)."""
         miou = f"{100 * self.miou:.1f} %" if self.miou is not None else "not recorded"
         kind = "Offset Learning" if self.is_offset else "per-pixel (linear) baseline"
-        dataset = card_dataset(self.card) or "unknown data"
+        dataset = card_dataset_name(self.card) or "unknown data"
+        preset = card_scene_preset(self.card)
+        if preset:
+            opts = ", ".join(f"{k} {v:g}" for k, v in SCENE_PRESETS[preset].items())
+            dataset += f" +{preset} ({opts})"
         steps = self.card.get("steps", self.card.get("step"))
         trained = f", {steps} training steps" if isinstance(steps, int) else ""
         text = (

@@ -146,7 +146,7 @@ def _upload_column(ctx: AppContext):
         gr.Examples(
             examples,
             inputs=[image],
-            label="Gallery: FashionScenes val scenes (ground truth known)",
+            label="Gallery: FashionScenes val scenes, plain then +looks (ground truth known)",
             examples_per_page=len(examples),
             cache_examples=False,
         )

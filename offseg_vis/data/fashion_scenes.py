@@ -160,6 +160,33 @@ class FashionScenesConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
+# Scene presets: generator parameters an experiment arm (and a gallery scene) may add on top of its style.
+# "" is the plain benchmark. "looks" is the lever the paper's setting has and plain FashionScenes lacks:
+# class-specific appearance that changes from image to image (each class gets one colour and stripe
+# texture per scene) with classes repeating within a scene (two classes per scene). "looks" changes two
+# things at once, so its two halves are presets of their own: "class-looks" (per-scene class appearance
+# only) and "cooccur" (only two classes per scene: an image-level classifier can exploit which few
+# classes are present, a mechanism the paper does not argue).
+SCENE_PRESETS: dict[str, dict] = {
+    "": {},
+    "looks": {"class_style": 1.0, "classes_per_scene": 2},
+    "class-looks": {"class_style": 1.0, "classes_per_scene": 0},
+    "cooccur": {"class_style": 0.0, "classes_per_scene": 2},
+}
+
+
+def scene_preset_of(options: dict) -> str | None:
+    """The preset whose parameters ``options`` (a FashionScenesConfig dict, missing keys at their
+    defaults) has: {} -> "", {"class_style": 1, "classes_per_scene": 2} -> "looks"; None when none fits."""
+    defaults = asdict(FashionScenesConfig())
+    preset_keys = {k for opts in SCENE_PRESETS.values() for k in opts}
+    values = {k: options.get(k, defaults[k]) for k in preset_keys}
+    for name, opts in SCENE_PRESETS.items():
+        if values == {k: opts.get(k, defaults[k]) for k in preset_keys}:
+            return name
+    return None
+
+
 @dataclass
 class SceneInfo:
     """What went into one scene (for manifests and tests).

@@ -22,13 +22,19 @@ from offseg_vis.models.cost import count_gmacs, count_parameters
 from offseg_vis.models.weights import save_weights
 
 
+RESUME_GAP_S = 900.0  # a silence this long between log lines is a stop and a resume, not training time
+
+
 def _wall_time(run_dir: Path) -> float | None:
-    """Seconds from the first to the last line of the run's JSON-lines log (None without a log)."""
+    """Seconds of training in the run's JSON-lines log: the sum of the gaps between consecutive lines,
+    leaving out gaps over :data:`RESUME_GAP_S` (a run stopped and resumed later). None without a log."""
     log = run_dir / "log.jsonl"
     if not log.is_file():
         return None
     times = [json.loads(line)["time"] for line in log.read_text().splitlines() if line.strip()]
-    return times[-1] - times[0] if len(times) > 1 else None
+    if len(times) < 2:
+        return None
+    return sum(b - a for a, b in zip(times, times[1:]) if b - a <= RESUME_GAP_S)
 
 
 def _data_provenance(config: dict) -> dict[str, Any]:

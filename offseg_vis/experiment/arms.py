@@ -5,24 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from offseg_vis.data.fashion_scenes import SCENE_PRESETS
 from offseg_vis.errors import ConfigError
 
 MAIN_STYLES = (0.0, 0.5, 1.0)
 ABLATION_STYLE = 0.5  # FashionScenes' default style
 
-# Scene presets: FashionScenes generator parameters an arm may add on top of its style. "" is the
-# plain benchmark. "looks" is the lever the paper's setting has and plain FashionScenes lacks:
-# class-specific appearance that changes from image to image (each class gets one colour and
-# stripe texture per scene) with classes repeating within a scene (two classes per scene).
-# "looks" changes two things at once, so its two halves are presets of their own: "class-looks"
-# (per-scene class appearance only) and "cooccur" (only two classes per scene: an image-level
-# classifier can exploit which few classes are present, a mechanism the paper does not argue).
-SCENES: dict[str, dict] = {
-    "": {},
-    "looks": {"class_style": 1.0, "classes_per_scene": 2},
-    "class-looks": {"class_style": 1.0, "classes_per_scene": 0},
-    "cooccur": {"class_style": 0.0, "classes_per_scene": 2},
-}
+SCENES = SCENE_PRESETS  # the scene presets an arm may add (+looks, ...): see FashionScenes
 
 
 @dataclass(frozen=True)
