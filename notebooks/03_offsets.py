@@ -60,6 +60,27 @@ print()
 print(twin.table())
 
 # %% [markdown]
+# ## Where the effect is: the `+looks` pair
+# On plain FashionScenes a class looks alike in every image, so a per-pixel classifier has little to gain from
+# offsets. The `+looks` setting gives each class one colour and stripe texture per scene (and two classes per
+# scene): the pair `offseg-mbv2_offset-looks` / `_linear-looks` was trained on it like the pair above (same
+# recipe, data and seed in each pair), and is compared here on the `+looks` val scenes.
+
+# %%
+looks_offset = nb.load_or_train("offset", preset="looks")
+looks_linear = nb.load_or_train("linear", preset="looks")
+print("offset:", looks_offset.source)
+print("linear (the twin):", looks_linear.source)
+looks_images, looks_labels, _ = nb.val_samples(S.n_images, preset="looks")
+looks_twin = compare_to_baseline(
+    probe(looks_offset.model, looks_images, looks_labels, need={"prediction"}),
+    probe(looks_linear.model, looks_images, looks_labels, need={"prediction"}),
+    CLASSES,
+)
+print(looks_twin.summary())
+display(plots.plot_twin_comparison(looks_twin, 0, looks_images[0]))
+
+# %% [markdown]
 # ## One image
 
 # %%

@@ -38,3 +38,18 @@ def test_evaluate_val_scores_like_the_evaluator_on_the_raw_scenes():
     want = evaluate(model, FashionScenes("val", length=4, progress=False), batch_size=1)
     np.testing.assert_array_equal(np.asarray(got.confusion), np.asarray(want.confusion))
     assert got.mIoU == want.mIoU
+
+
+def test_a_scene_preset_gives_that_presets_val_scenes_and_checkpoint_name():
+    from offseg_vis.data.fashion_scenes import SCENE_PRESETS, FashionScenesConfig, generate_scene
+
+    images, masks, names = ns.val_samples(2, start=3, preset="looks")
+    assert names == ["val_000003", "val_000004"]
+    for i, (image, mask) in enumerate(zip(images, masks)):  # the reference: the generator called directly
+        ref_image, ref_mask = generate_scene("val", 3 + i, FashionScenesConfig(**SCENE_PRESETS["looks"]))
+        np.testing.assert_array_equal(image, ref_image)
+        np.testing.assert_array_equal(mask, ref_mask)
+    assert ns.checkpoint_name("offset", "looks") == "offseg-mbv2_offset-looks"
+    assert ns.checkpoint_name("linear") == "offseg-mbv2_linear"
+    with pytest.raises(ValueError, match="Unknown scene preset 'look'"):
+        ns.val_samples(1, preset="look")

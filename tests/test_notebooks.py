@@ -34,7 +34,13 @@ EXPECTED = {
         "ridge λ 1e-03",  # the regulariser sweep and its ordering check
         "hold",
     ],
-    "03_offsets": ["Offset Learning fixed", "both_wrong", "net fixed", "offsets switched off"],
+    "03_offsets": [
+        "Offset Learning fixed",
+        "both_wrong",
+        "net fixed",
+        "offseg-mbv2_offset-looks",  # the +looks pair against its twin
+        "offsets switched off",
+    ],
     "04_umap_embeddings": ["points; fit"],
     "05_train_offset_vs_linear": ["offset:", "linear:"],
     "06_explore_embeddings": [

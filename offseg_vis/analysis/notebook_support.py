@@ -8,6 +8,7 @@ notebook runs in well under three minutes on 2 CPU cores; without it the noteboo
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 from torch import nn
 
 from offseg_vis.analysis.cache import file_digest
+from offseg_vis.data.fashion_scenes import SCENE_PRESETS
 from offseg_vis.engine.config import Config, load_config, shipped_checkpoints_dir
 from offseg_vis.engine.evaluate import SegMetrics
 from offseg_vis.engine.run import DataSplit, LoadedRun, datasets_for, evaluate_split, load_run
@@ -103,10 +105,29 @@ def checkpoints_dir() -> Path:
     return Path(env) if env else shipped_checkpoints_dir()
 
 
-def shipped_checkpoint(classifier: str, model_name: str = MODEL_NAME) -> Path | None:
-    """``checkpoints/<model>_<classifier>.safetensors`` when it exists, else None."""
-    path = checkpoints_dir() / f"{model_name}_{classifier}.safetensors"
+def checkpoint_name(classifier: str, preset: str = "", model_name: str = MODEL_NAME) -> str:
+    """The shipped checkpoint's name: ``offseg-mbv2_offset``, or ``offseg-mbv2_offset-looks`` for the pair
+    trained on a FashionScenes scene preset (:data:`~offseg_vis.data.fashion_scenes.SCENE_PRESETS`)."""
+    _check_preset(preset)
+    return f"{model_name}_{classifier}" + (f"-{preset}" if preset else "")
+
+
+def shipped_checkpoint(classifier: str, preset: str = "", model_name: str = MODEL_NAME) -> Path | None:
+    """``checkpoints/<checkpoint_name>.safetensors`` when it exists, else None."""
+    path = checkpoints_dir() / f"{checkpoint_name(classifier, preset, model_name)}.safetensors"
     return path if path.is_file() else None
+
+
+def _check_preset(preset: str) -> None:
+    if preset not in SCENE_PRESETS:
+        known = ", ".join(repr(k) for k in SCENE_PRESETS)
+        raise ValueError(f"Unknown scene preset {preset!r}; the FashionScenes presets are {known}.")
+
+
+def _scenes_overrides(preset: str) -> list[str]:
+    """Config overrides that draw both splits from a scene preset (none for plain scenes)."""
+    _check_preset(preset)
+    return [f"data.dataset_options={{config: {json.dumps(SCENE_PRESETS[preset])}}}"] if preset else []
 
 
 def runs_dir() -> Path:
@@ -154,10 +175,16 @@ def _notebook_model(path: Path, source: str, trained_now: bool) -> NotebookModel
 
 
 def training_config(
-    classifier: str, steps: int, batch_size: int, eval_images: int, work_dir: Path, num_threads: int | None = None
+    classifier: str,
+    steps: int,
+    batch_size: int,
+    eval_images: int,
+    work_dir: Path,
+    num_threads: int | None = None,
+    preset: str = "",
 ):
     """The CPU default config (the shipped recipe ``offseg-mbv2_fashion-scenes``), shortened to ``steps``
-    and made quiet for a notebook."""
+    and made quiet for a notebook; ``preset`` trains and scores on that scene preset's scenes."""
 
     overrides = [
         f"model.classifier={classifier}",
@@ -175,12 +202,21 @@ def training_config(
         "runtime.overwrite=true",
         f"runtime.work_dir={work_dir.as_posix()}",
         f"runtime.num_threads={'null' if num_threads is None else int(num_threads)}",
+        *_scenes_overrides(preset),
     ]
     return load_config(DEFAULT_CONFIG, overrides)
 
 
-def train_small(classifier: str, steps: int, batch_size: int = 8, eval_images: int = 16, work_dir: Path | None = None):
-    """Train OffSeg-MBV2 with ``classifier`` for ``steps`` steps from the CPU default config.
+def train_small(
+    classifier: str,
+    steps: int,
+    batch_size: int = 8,
+    eval_images: int = 16,
+    work_dir: Path | None = None,
+    preset: str = "",
+):
+    """Train OffSeg-MBV2 with ``classifier`` for ``steps`` steps from the CPU default config (on the
+    scenes of ``preset``).
 
     In fast mode torch uses one thread: on cores shared with other jobs, two OpenMP threads that wait
     for each other at every operator were measured 100x slower than one (0.2 vs 28 images/s).
@@ -189,22 +225,23 @@ def train_small(classifier: str, steps: int, batch_size: int = 8, eval_images: i
     """
     from offseg_vis.engine.train import train
 
-    work_dir = work_dir or runs_dir() / f"{MODEL_NAME}_{classifier}_{steps}steps"
+    work_dir = work_dir or runs_dir() / f"{checkpoint_name(classifier, preset)}_{steps}steps"
     threads = 1 if fast_mode() else None
-    return train(training_config(classifier, steps, batch_size, eval_images, work_dir, threads))
+    return train(training_config(classifier, steps, batch_size, eval_images, work_dir, threads, preset))
 
 
-def load_or_train(classifier: str = "offset", fast: bool | None = None) -> NotebookModel:
-    """The shipped checkpoint of OffSeg-MBV2 with ``classifier``; if none ships, a small model trained
-    now (``settings().fallback_steps`` steps; reused from ``runs/notebooks`` on later calls)."""
-    shipped = shipped_checkpoint(classifier)
+def load_or_train(classifier: str = "offset", fast: bool | None = None, preset: str = "") -> NotebookModel:
+    """The shipped checkpoint of OffSeg-MBV2 with ``classifier`` (trained on ``preset``'s scenes, e.g.
+    "looks"); if none ships, a small model trained now (``settings().fallback_steps`` steps; reused from
+    ``runs/notebooks`` on later calls)."""
+    shipped = shipped_checkpoint(classifier, preset)
     if shipped is not None:
         return _notebook_model(shipped, f"loaded the shipped checkpoint {shipped.name}", False)
     s = settings(fast)
-    work_dir = runs_dir() / f"{MODEL_NAME}_{classifier}_{s.fallback_steps}steps"
+    work_dir = runs_dir() / f"{checkpoint_name(classifier, preset)}_{s.fallback_steps}steps"
     weights = work_dir / "last.safetensors"
     if not weights.is_file():
-        result = train_small(classifier, s.fallback_steps, s.batch_size, s.eval_images, work_dir)
+        result = train_small(classifier, s.fallback_steps, s.batch_size, s.eval_images, work_dir, preset)
         weights = Path(result.last_checkpoint or result.checkpoint)
     if not weights.is_file():
         raise CheckpointError(f"Training finished but wrote no weights in {work_dir}; check its train.log.")
@@ -215,20 +252,23 @@ def load_or_train(classifier: str = "offset", fast: bool | None = None) -> Noteb
     return _notebook_model(weights, note, True)
 
 
-def val_config(n: int) -> Config:
-    """The notebooks' recipe (``DEFAULT_CONFIG``) with its val split cut to the first ``n`` scenes, quiet."""
-    return load_config(DEFAULT_CONFIG, [f"data.val_options={{length: {int(n)}, progress: false}}"])
+def val_config(n: int, preset: str = "") -> Config:
+    """The notebooks' recipe (``DEFAULT_CONFIG``) with its val split cut to the first ``n`` scenes (of the
+    scene preset ``preset``), quiet."""
+    return load_config(
+        DEFAULT_CONFIG, [f"data.val_options={{length: {int(n)}, progress: false}}", *_scenes_overrides(preset)]
+    )
 
 
-def val_split(n: int) -> DataSplit:
-    """The first ``n`` validation scenes, built by the one run API like every other caller's: the
-    FashionScenes val set (its cache, built on first use), the recipe's test transform and the class names."""
-    return datasets_for(val_config(n), "val")
+def val_split(n: int, preset: str = "") -> DataSplit:
+    """The first ``n`` validation scenes (of ``preset``), built by the one run API like every other caller's:
+    the FashionScenes val set (its cache, built on first use), the recipe's test transform and the class names."""
+    return datasets_for(val_config(n, preset), "val")
 
 
-def val_samples(n: int, start: int = 0) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
-    """The first ``n`` FashionScenes validation scenes from ``start``: (images, masks, names)."""
-    ds = val_split(start + n).dataset
+def val_samples(n: int, start: int = 0, preset: str = "") -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    """The first ``n`` FashionScenes validation scenes from ``start`` (of ``preset``): (images, masks, names)."""
+    ds = val_split(start + n, preset).dataset
     items = [ds[i] for i in range(start, start + n)]
     return [a for a, _, _ in items], [b for _, b, _ in items], [c for _, _, c in items]
 
@@ -247,8 +287,8 @@ def palette() -> np.ndarray:
     return np.asarray(PALETTE, dtype=np.uint8)
 
 
-def evaluate_val(model: nn.Module, n_images: int) -> SegMetrics:
-    """mIoU / per-class IoU on the first ``n_images`` validation scenes (the engine's evaluator, with the
-    recipe's test protocol)."""
-    cfg = val_config(n_images)
+def evaluate_val(model: nn.Module, n_images: int, preset: str = "") -> SegMetrics:
+    """mIoU / per-class IoU on the first ``n_images`` validation scenes of ``preset`` (the engine's
+    evaluator, with the recipe's test protocol)."""
+    cfg = val_config(n_images, preset)
     return evaluate_split(model, datasets_for(cfg, "val"), cfg.test, class_names=class_names())

@@ -158,7 +158,9 @@ def _to_image_tensor(image: Any) -> tuple[Tensor, bool]:
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an (H, W, 3) image, got shape {image.shape}")
-        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), False  # (3, H, W)
+        if not (image.flags.c_contiguous and image.flags.writeable):  # e.g. a read-only cached scene
+            image = np.array(image, order="C")
+        return torch.from_numpy(image).permute(2, 0, 1), False  # (3, H, W)
     if isinstance(image, Tensor):
         return image, image.is_floating_point()
     raise TypeError(f"unsupported image type {type(image).__name__}")
