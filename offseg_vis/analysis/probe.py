@@ -185,8 +185,8 @@ def _check_labels(labels, images: list[np.ndarray]) -> list[np.ndarray | None]:
 
 
 def _padded_size(model: nn.Module, size: tuple[int, int]) -> tuple[int, int]:
-    divisor = getattr(getattr(model, "backbone", None), "size_divisor", 1)
-    return (size[0] + (-size[0]) % divisor, size[1] + (-size[1]) % divisor)
+    """The size the model runs an image of ``size`` at (a model without ``padded_size`` does not pad)."""
+    return tuple(model.padded_size(*size)) if hasattr(model, "padded_size") else tuple(size)
 
 
 def _model_device(model: nn.Module) -> torch.device:

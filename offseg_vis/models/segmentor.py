@@ -72,13 +72,16 @@ class Segmentor(nn.Module):
         x = images_uint8.to(self.pixel_mean.dtype) / 255.0
         return (x - self.pixel_mean) / self.pixel_std
 
-    def _pad_to_divisor(self, images: Tensor) -> Tensor:
+    def padded_size(self, h: int, w: int) -> tuple[int, int]:
+        """The size an (h, w) input runs at: rounded up to the backbone's ``size_divisor`` (1 if none)."""
         divisor = getattr(self.backbone, "size_divisor", 1)
+        return h + (-h) % divisor, w + (-w) % divisor
+
+    def _pad_to_divisor(self, images: Tensor, value: float = 0.0) -> Tensor:
+        """Zero-pad (B, ..., H, W) at the bottom and right to :meth:`padded_size` (``value`` fills labels)."""
         h, w = images.shape[-2:]
-        ph, pw = (-h) % divisor, (-w) % divisor
-        if ph or pw:
-            images = F.pad(images, (0, pw, 0, ph))
-        return images
+        ph, pw = self.padded_size(h, w)
+        return F.pad(images, (0, pw - w, 0, ph - h), value=value) if (ph, pw) != (h, w) else images
 
     def forward(self, images: Tensor, return_intermediates: bool = False) -> Tensor | SegmentorOutput:
         """Normalised images (B, 3, H, W) -> logits (B, K, h, w) at the head's stride.
@@ -103,8 +106,7 @@ class Segmentor(nn.Module):
         pixels. Returns a scalar. A batch with no labelled pixel gives 0 (not NaN).
         """
         logits = self(images)
-        divisor = getattr(self.backbone, "size_divisor", 1)
-        if images.shape[-2] % divisor or images.shape[-1] % divisor:
+        if self.padded_size(*images.shape[-2:]) != tuple(images.shape[-2:]):
             # Padded inputs give logits over the padded canvas: back to the input's own grid first.
             logits = self._resize_to_input(logits, images)
         return self.loss_from_logits(logits, labels)
@@ -148,15 +150,11 @@ class Segmentor(nn.Module):
         :meth:`predict_whole`'s logits, computed by :func:`~offseg_vis.models.upsample.upsampled_argmax`
         without forming the (B, K, H, W) upsampled logits."""
         h, w = images.shape[-2:]
-        return upsampled_argmax(self(images).float(), self._padded_size(h, w), crop=(h, w))
-
-    def _padded_size(self, h: int, w: int) -> tuple[int, int]:
-        divisor = getattr(self.backbone, "size_divisor", 1)
-        return h + (-h) % divisor, w + (-w) % divisor
+        return upsampled_argmax(self(images).float(), self.padded_size(h, w), crop=(h, w))
 
     def _resize_to_input(self, logits: Tensor, images: Tensor) -> Tensor:
         h, w = images.shape[-2:]
-        ph, pw = self._padded_size(h, w)
+        ph, pw = self.padded_size(h, w)
         if (ph, pw) != (h, w):
             # Logits cover the padded canvas: resize to it, then crop the real image.
             logits = F.interpolate(logits, size=(ph, pw), mode="bilinear", align_corners=False)

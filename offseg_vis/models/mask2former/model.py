@@ -115,10 +115,7 @@ class Mask2FormerSegmentor(Segmentor):
 
     def _pad_labels(self, labels: Tensor) -> Tensor:
         """Pad labels like the images, with the ignore index (padding belongs to no mask)."""
-        divisor = getattr(self.backbone, "size_divisor", 1)
-        h, w = labels.shape[-2:]
-        ph, pw = (-h) % divisor, (-w) % divisor
-        return F.pad(labels, (0, pw, 0, ph), value=self.ignore_index) if ph or pw else labels
+        return self._pad_to_divisor(labels, value=self.ignore_index)
 
     def predictions(self, images: Tensor, return_intermediates: bool = False) -> MaskPredictions:
         """Normalised images (B, 3, H, W) -> every prediction of the head (:class:`MaskPredictions`)."""
@@ -212,7 +209,7 @@ class Mask2FormerSegmentor(Segmentor):
         logits are upsampled before the sigmoid, as mmseg does (``predict`` dispatches here)."""
         h, w = images.shape[-2:]
         preds = self.predictions(images)
-        padded = (h + (-h) % self.backbone.size_divisor, w + (-w) % self.backbone.size_divisor)
+        padded = self.padded_size(h, w)
         masks = F.interpolate(preds.mask_logits[-1], size=padded, mode="bilinear", align_corners=False)
         return semantic_logits(preds.class_logits[-1], masks)[..., :h, :w]
 
