@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from offseg_vis.app.examples import EXAMPLES_DIR, MASK_SUFFIX, example_images, mask_path
+from offseg_vis.app.examples import EXAMPLES_DIR, example_images, mask_path
 from offseg_vis.data.fashion_scenes import CLASSES, SCENE_PRESETS, FashionScenesConfig, generate_scene
 
 
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=8, help="number of scenes (default 8)")
     parser.add_argument("--pool", type=int, default=60, help="choose among the first N val scenes")
     parser.add_argument(
-        "--preset", default="", choices=sorted(SCENE_PRESETS), help="experiment scene preset (default: plain FashionScenes)"
+        "--preset", default="", choices=sorted(SCENE_PRESETS), help="scene preset (default: plain FashionScenes)"
     )
     parser.add_argument("--out", type=Path, default=EXAMPLES_DIR)
     args = parser.parse_args()
@@ -64,7 +64,8 @@ def main() -> None:
         print(f"{name.name}: {', '.join(CLASSES[c] for c in np.unique(mask))}")
     missing = [CLASSES[c] for c in range(len(CLASSES)) if c not in covered]
     shown = ", ".join(missing) or "none"
-    print(f"{args.count} scenes (preset {args.preset or 'plain'}: {SCENE_PRESETS[args.preset]}); classes not shown: {shown}")
+    preset = f"preset {args.preset or 'plain'}: {SCENE_PRESETS[args.preset]}"
+    print(f"{args.count} scenes ({preset}); classes not shown: {shown}")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,18 @@
-"""``offseg analyse sweep``: the misalignment scores over a sweep of the W* regulariser, as a Markdown page.
+"""``offseg analyse``: Markdown pages about a trained Offset Learning checkpoint and its per-pixel twin.
+
+``offseg analyse twin`` — what Offset Learning changed against its twin, pixel by pixel:
+
+    OMP_NUM_THREADS=1 offseg analyse twin checkpoints/offseg-mbv2_offset.safetensors \\
+        checkpoints/offseg-mbv2_linear.safetensors --images 1000 --out docs/twin_offseg-mbv2.md
+
+``offseg analyse sweep`` — the misalignment scores over a sweep of the W* regulariser:
 
     OMP_NUM_THREADS=1 offseg analyse sweep checkpoints/offseg-mbv2_offset.safetensors \\
         checkpoints/offseg-mbv2_linear.safetensors --images 60 --out docs/misalignment_sweep.md \\
         --figure docs/figures/misalignment_sweep.png
 
 Both checkpoints are probed on the first ``--images`` val scenes of the offset checkpoint's own recipe (its
-card's config), the W* scores are computed at every setting, and the page lists every score and which
-orderings hold across the whole sweep.
+card's config: plain or a scene preset such as ``+looks``).
 """
 
 from __future__ import annotations
@@ -16,8 +22,13 @@ import os
 import shlex
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+from torch import nn
+
+from offseg_vis.analysis.compare import OUTCOME_CODES, OUTCOME_LABELS, OUTCOMES, TwinComparison, compare_to_baseline
 from offseg_vis.analysis.misalignment import (
     DEFAULT_RCONDS,
     DEFAULT_RIDGES,
@@ -27,41 +38,108 @@ from offseg_vis.analysis.misalignment import (
     misalignment_sweep,
     stable_orderings,
 )
-from offseg_vis.analysis.probe import probe
+from offseg_vis.analysis.probe import IGNORE_INDEX, probe
+from offseg_vis.analysis.stats import t_interval
+from offseg_vis.data.fashion_scenes import GENERATOR_VERSION
 from offseg_vis.errors import CheckpointError, InputError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``analyse`` (with the sub-command ``sweep``) to the ``offseg`` command."""
-    analyse = sub.add_parser("analyse", help="analyses of trained checkpoints (misalignment sweep)")
+    """Add ``analyse`` (with the sub-commands ``twin`` and ``sweep``) to the ``offseg`` command."""
+    analyse = sub.add_parser("analyse", help="analyses of trained checkpoints (twin comparison, misalignment sweep)")
     inner = analyse.add_subparsers(dest="analysis", required=True)
+    twin = inner.add_parser("twin", help="what Offset Learning changed against its per-pixel twin, pixel by pixel")
     sweep = inner.add_parser(
         "sweep", help="W* consistency / alignment over a sweep of the regulariser (rcond, ridge, class means)"
     )
-    sweep.add_argument("offset", help="the Offset Learning checkpoint (.safetensors with its .json card)")
-    sweep.add_argument("linear", help="its per-pixel twin (same recipe, data and seed)")
-    sweep.add_argument("--images", type=int, default=60, help="val scenes probed (default 60)")
-    sweep.add_argument("--start", type=int, default=0, help="first val scene (default 0)")
+    for p, images in ((twin, 1000), (sweep, 60)):
+        p.add_argument("offset", help="the Offset Learning checkpoint (.safetensors with its .json card)")
+        p.add_argument("linear", help="its per-pixel twin (same recipe, data and seed)")
+        p.add_argument("--images", type=int, default=images, help=f"val scenes probed (default {images})")
+        p.add_argument("--start", type=int, default=0, help="first val scene (default 0)")
+        p.add_argument("--out", default=None, help="write the Markdown page here (default: print it)")
     sweep.add_argument("--rconds", type=float, nargs="*", default=list(DEFAULT_RCONDS), help="pseudo-inverse cut-offs")
     sweep.add_argument("--ridges", type=float, nargs="*", default=list(DEFAULT_RIDGES), help="ridge λ (× s_max²)")
     sweep.add_argument("--no-class-mean", action="store_true", help="leave out the class-mean W*")
-    sweep.add_argument("--out", default=None, help="write the Markdown page here (default: print it)")
     sweep.add_argument("--figure", default=None, help="also save the sweep figure (PNG) here")
+    twin.set_defaults(func=run_twin)
     sweep.set_defaults(func=run_sweep)
 
 
-def _val_scenes(meta: dict, n: int, start: int):
-    """The first ``n`` val scenes (from ``start``) of the recipe a checkpoint card records: (images, labels)."""
+@dataclass
+class TwinPair:
+    """An Offset Learning checkpoint, its per-pixel twin and the val scenes of its recipe.
+
+    Attributes:
+        offset_model, linear_model: the two networks (eval mode, CPU).
+        offset_meta, linear_meta: their cards.
+        images, labels: the val scenes (H, W, 3) uint8 and their (H, W) int64 ground truth.
+        used: a sentence naming the checkpoints and the scenes (dataset, indices, generator parameters).
+        pairing: a sentence saying how the cards pair the two checkpoints.
+    """
+
+    offset_model: nn.Module
+    linear_model: nn.Module
+    offset_meta: dict
+    linear_meta: dict
+    images: list[np.ndarray]
+    labels: list[np.ndarray]
+    used: str
+    pairing: str
+
+
+def load_twin_pair(offset: str, linear: str, n: int, start: int, command: str) -> TwinPair:
+    """Load ``offset`` and its twin ``linear`` and the val scenes ``start..start+n-1`` of the offset card's
+    recipe.
+
+    Raises:
+        CheckpointError: the classifiers are not (offset, linear), or the cards record different recipes.
+        InputError: more scenes asked for than the val set has.
+    """
+    from offseg_vis.engine.checkpoint import load_model, recipe_key
+    from offseg_vis.models.weights import weights_path
+
+    offset_model, offset_meta = load_model(offset)
+    linear_model, linear_meta = load_model(linear)
+    if offset_meta.get("classifier") != "offset" or linear_meta.get("classifier") != "linear":
+        raise CheckpointError(
+            f"offseg analyse {command} takes the Offset Learning checkpoint first and its per-pixel twin second; "
+            f"the cards say {offset_meta.get('classifier')!r} and {linear_meta.get('classifier')!r}."
+        )
+    keys = recipe_key(offset_meta), recipe_key(linear_meta)
+    if None in keys:
+        pairing = "Paired by hand: a card records no training recipe, so they may not be twins."
+    elif keys[0] != keys[1]:
+        raise CheckpointError(
+            f"{weights_path(offset).name} and {weights_path(linear).name} are not twins: their cards record "
+            "different recipes, data, seeds or training steps. Pass checkpoints trained alike except for the "
+            "classifier (e.g. the two halves of one experiment pair)."
+        )
+    else:
+        pairing = "The cards record the same recipe, data, seed and training steps (twins)."
+    images, labels, scenes = _val_scenes(offset_meta, n, start)
+    used = f"Checkpoints `{weights_path(offset).name}` and `{weights_path(linear).name}`; {scenes}."
+    return TwinPair(offset_model, linear_model, offset_meta, linear_meta, images, labels, used, pairing)
+
+
+def _val_scenes(meta: dict, n: int, start: int) -> tuple[list[np.ndarray], list[np.ndarray], str]:
+    """The first ``n`` val scenes (from ``start``) of the recipe a checkpoint card records: (images, labels,
+    a phrase naming them: dataset, indices and generator parameters, no machine path)."""
+    from offseg_vis.data.fashion_scenes import describe_parameters
     from offseg_vis.engine.config import from_dict
     from offseg_vis.engine.run import datasets_for
 
     if not isinstance(meta.get("config"), dict):
         raise CheckpointError("The offset checkpoint's card records no config, so its val set is unknown.")
-    raw = datasets_for(from_dict(meta["config"]), "val").dataset
+    cfg = from_dict(meta["config"])
+    raw = datasets_for(cfg, "val").dataset
     if start + n > len(raw):
         raise InputError(f"Asked for val scenes {start}..{start + n - 1} but the val set has {len(raw)}.")
     scenes = [raw[i] for i in range(start, start + n)]
-    return [s[0] for s in scenes], [s[1] for s in scenes]
+    config = getattr(raw, "config", None)
+    generator = f"generator {GENERATOR_VERSION}, {describe_parameters(config)}" if config is not None else ""
+    what = f"{cfg.data.dataset} val scenes {start}..{start + n - 1}" + (f" ({generator})" if generator else "")
+    return [s[0] for s in scenes], [s[1] for s in scenes], what
 
 
 def sweep_page(table: SweepTable, command: str, used: str, seconds: float) -> str:
@@ -125,42 +203,41 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def _command(name: str, args: argparse.Namespace, extra: list[str]) -> str:
+    """The command line that regenerates a page (paths as given)."""
+    parts = [args.offset, args.linear, "--images", str(args.images), "--start", str(args.start), *extra]
+    parts += ["--out", args.out] if args.out else []
+    return f"OMP_NUM_THREADS=1 offseg analyse {name} " + " ".join(shlex.quote(str(a)) for a in parts)
+
+
+def _emit(page: str, out: str | None, used: str) -> None:
+    if out:
+        _write_atomic(Path(out), page)
+        print(f"wrote {out} ({used})")
+    else:
+        print(page)
+
+
 def run_sweep(args: argparse.Namespace) -> int:
     """``offseg analyse sweep``."""
-    from offseg_vis.engine.checkpoint import load_model
-    from offseg_vis.models.weights import weights_path
-
     start = time.perf_counter()
-    offset_model, offset_meta = load_model(args.offset)
-    linear_model, linear_meta = load_model(args.linear)
-    if offset_meta.get("classifier") != "offset" or linear_meta.get("classifier") != "linear":
-        raise CheckpointError(
-            "offseg analyse sweep takes the Offset Learning checkpoint first and its per-pixel twin second; "
-            f"the cards say {offset_meta.get('classifier')!r} and {linear_meta.get('classifier')!r}."
-        )
-    images, labels = _val_scenes(offset_meta, args.images, args.start)
-    names = offset_meta.get("class_names")
+    pair = load_twin_pair(args.offset, args.linear, args.images, args.start, "sweep")
+    names = pair.offset_meta.get("class_names")
     offset_probes = probe(
-        offset_model, images, labels, need={"features", "class_embed", "refined_features", "refined_class_embed"}
+        pair.offset_model,
+        pair.images,
+        pair.labels,
+        need={"features", "class_embed", "refined_features", "refined_class_embed"},
     )
-    linear_probes = probe(linear_model, images, labels, need={"features", "class_embed"})
+    linear_probes = probe(pair.linear_model, pair.images, pair.labels, need={"features", "class_embed"})
     table = misalignment_sweep(
         offset_probes, linear_probes, names, rconds=args.rconds, ridges=args.ridges, class_mean=not args.no_class_mean
     )
     seconds = time.perf_counter() - start
-    data = offset_meta.get("data") or {}
-    used = (
-        f"Checkpoints `{weights_path(args.offset).name}` and `{weights_path(args.linear).name}`; val scenes "
-        f"{args.start}..{args.start + args.images - 1} of {data.get('dataset', 'the recipe')} (style "
-        f"{data.get('style', '?')}, generator {data.get('generator_version', '?')}); {table.images} labelled images; "
-        f"{len(table.settings)} W* settings."
-    )
-    parts = [args.offset, args.linear, "--images", str(args.images), "--start", str(args.start)]
-    parts += ["--rconds", *[f"{r:g}" for r in args.rconds], "--ridges", *[f"{r:g}" for r in args.ridges]]
-    parts += (["--no-class-mean"] if args.no_class_mean else []) + (["--out", args.out] if args.out else [])
-    parts += ["--figure", args.figure] if args.figure else []
-    command = "OMP_NUM_THREADS=1 offseg analyse sweep " + " ".join(shlex.quote(str(a)) for a in parts)
-    page = sweep_page(table, command, used, seconds)
+    used = f"{pair.used} {pair.pairing} {table.images} labelled images; {len(table.settings)} W* settings."
+    extra = ["--rconds", *[f"{r:g}" for r in args.rconds], "--ridges", *[f"{r:g}" for r in args.ridges]]
+    extra += (["--no-class-mean"] if args.no_class_mean else []) + (["--figure", args.figure] if args.figure else [])
+    page = sweep_page(table, _command("sweep", args, extra), used, seconds)
     if args.figure:
         from offseg_vis.analysis.plots import plot_misalignment_sweep
 
@@ -171,9 +248,91 @@ def run_sweep(args: argparse.Namespace) -> int:
         fig.savefig(tmp, dpi=110)
         os.replace(tmp, figure)
         print(f"wrote {figure}")
-    if args.out:
-        _write_atomic(Path(args.out), page)
-        print(f"wrote {args.out} ({used})")
-    else:
-        print(page)
+    _emit(page, args.out, used)
     return 0
+
+
+def run_twin(args: argparse.Namespace) -> int:
+    """``offseg analyse twin``."""
+    start = time.perf_counter()
+    pair = load_twin_pair(args.offset, args.linear, args.images, args.start, "twin")
+    names = pair.offset_meta.get("class_names")
+    need = {"prediction"}
+    offset_probes = probe(pair.offset_model, pair.images, pair.labels, need=need)
+    linear_probes = probe(pair.linear_model, pair.images, pair.labels, need=need)
+    twin = compare_to_baseline(offset_probes, linear_probes, names)
+    mious = (_miou(offset_probes), _miou(linear_probes))
+    seconds = time.perf_counter() - start
+    page = twin_page(twin, mious, _command("twin", args, []), f"{pair.used} {pair.pairing}", seconds)
+    _emit(page, args.out, pair.used)
+    return 0
+
+
+def _miou(probes) -> float:
+    """mIoU of the probes' predictions over all their labelled pixels (one confusion matrix)."""
+    from offseg_vis.analysis.scores import confusion_matrix, mean_iou
+
+    k = probes[0].num_classes
+    return mean_iou(sum(confusion_matrix(p.prediction, p.label, k, IGNORE_INDEX) for p in probes))
+
+
+def twin_page(twin: TwinComparison, mious: tuple[float, float], command: str, used: str, seconds: float) -> str:
+    """The Markdown page of a twin comparison: totals, per-image paired statistics with 95 % CIs, per class.
+
+    ``mious``: (Offset Learning, twin) mIoU on the same scenes, as fractions."""
+    t, n = twin.totals(), twin.labelled_pixels
+    acc_ol, acc_twin = twin.accuracies()
+    miou_ol, miou_twin = mious
+    counts = twin.image_counts.astype(np.float64)  # (I, 4): fixed, broken, both wrong, both right
+    net = counts[:, 0] - counts[:, 1]
+    acc_diff = 100 * net / np.maximum(counts.sum(1), 1)  # points of pixel accuracy, OL - twin, per image
+
+    def interval(values: np.ndarray, unit: str, digits: int) -> str:
+        ci = t_interval(values.tolist())
+        bounds = f"[{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}]" if ci else "(no interval: one image)"
+        return f"{values.mean():+.{digits}f} {unit} {bounds}"
+
+    rows = ["| outcome | pixels | share of labelled |", "|---|---:|---:|"]
+    rows += [
+        f"| {OUTCOME_LABELS[c]} | {t[o]:,} | {100 * t[o] / max(n, 1):.2f} % |" for o, c in zip(OUTCOMES, OUTCOME_CODES)
+    ]
+    per_class = ["| class | fixed | broken | both wrong | both right | net fixed |", "|---|---:|---:|---:|---:|---:|"]
+    for name, row in zip(twin.class_names, twin.class_counts):
+        per_class.append(f"| {name} | " + " | ".join(f"{v:,}" for v in row) + f" | {row[0] - row[1]:+,} |")
+    images = len(net)
+    return "\n".join(
+        [
+            "# What Offset Learning changed: against its per-pixel twin",
+            "",
+            f"Generated by `{command}`; regenerate it, do not edit it. {used} Took {seconds:.0f} s.",
+            "",
+            "Every labelled pixel is *fixed* (twin wrong, Offset Learning right), *broken* (twin right, OL wrong), "
+            "*both wrong* or *both right*; the four sum to the labelled pixels. This is the paper's comparison "
+            "(Offset Learning against the per-pixel classifier), not the offsets-switched-off ablation.",
+            "",
+            "## Totals",
+            "",
+            f"{images:,} images, {n:,} labelled pixels. Net fixed (fixed − broken): **{twin.net_fixed:+,}** pixels.",
+            "",
+            *rows,
+            "",
+            f"Pixel accuracy {100 * acc_ol:.2f} % (Offset Learning) vs {100 * acc_twin:.2f} % (twin); mIoU on these "
+            f"scenes {100 * miou_ol:.2f} % vs {100 * miou_twin:.2f} %.",
+            "",
+            f"## Per image (paired, n = {images:,} images, 95 % CI, Student t)",
+            "",
+            f"- net fixed pixels per image: {interval(net, 'px', 1)}",
+            f"- pixel accuracy, Offset Learning − twin: {interval(acc_diff, 'points', 3)}",
+            f"- images where Offset Learning gets more / fewer / the same pixels right: {int((net > 0).sum()):,} / "
+            f"{int((net < 0).sum()):,} / {int((net == 0).sum()):,}",
+            "",
+            "These intervals are over images for **one trained pair** (one seed): they say how these two networks "
+            "differ on these scenes, not whether Offset Learning beats a per-pixel classifier in general. That "
+            "is a question about training seeds, which the experiment answers (`docs/experiment.md`).",
+            "",
+            "## Per ground-truth class",
+            "",
+            *per_class,
+            "",
+        ]
+    )

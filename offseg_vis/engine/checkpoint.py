@@ -15,6 +15,7 @@ uses for class names and palette; :func:`load_model` puts its answer into the me
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -29,6 +30,7 @@ from torch import nn
 from offseg_vis.data.class_names import Classes, classes_for, dataset_key, generated_palette
 from offseg_vis.data.fashion_scenes import CLASSES as FASHION_SCENES_CLASSES
 from offseg_vis.data.fashion_scenes import PALETTE as FASHION_SCENES_PALETTE
+from offseg_vis.data.fashion_scenes import scene_preset_of
 from offseg_vis.errors import CheckpointError, ConfigError
 from offseg_vis.models import build_model
 from offseg_vis.models.convert import CONVERTED_FROM
@@ -165,6 +167,56 @@ def card_dataset_name(meta: Mapping[str, Any]) -> str | None:
     config_data = config.get("data") if isinstance(config.get("data"), Mapping) else {}
     name = meta.get("dataset") or data.get("dataset") or config_data.get("dataset")
     return str(name) if name else None
+
+
+def card_scene_preset(meta: dict) -> str | None:
+    """The FashionScenes preset of the val scenes a card's mIoU is measured on ("" plain, "looks", ...;
+    see :data:`~offseg_vis.data.fashion_scenes.SCENE_PRESETS`), or None (other data, no config, or
+    parameters no preset has)."""
+    data = (meta.get("config") or {}).get("data") if isinstance(meta.get("config"), dict) else None
+    if not isinstance(data, dict) or data.get("dataset") != "fashion-scenes":
+        return None
+    options = {**(data.get("dataset_options") or {}), **(data.get("val_options") or {})}
+    config = options.get("config") if isinstance(options.get("config"), dict) else {}
+    return scene_preset_of(config)
+
+
+def card_metrics(meta: dict) -> dict:
+    """The card's evaluation numbers: ``metrics`` (training checkpoints) or ``val_metrics`` (exports)."""
+    for key in ("metrics", "val_metrics"):
+        if isinstance(meta.get(key), dict) and meta[key]:
+            return meta[key]
+    return {}
+
+
+# Runtime settings that do not change what is learned (where it ran, logging); the seed does and stays.
+_EXECUTION_ONLY = ("work_dir", "progress", "tensorboard", "overwrite", "num_threads", "device", "save_half")
+
+
+def recipe_key(meta: dict) -> str | None:
+    """What a checkpoint's card says it was trained with, minus the classifier: the zoo model, the classes,
+    the config (recipe, data, seed; the classifier and execution-only runtime settings removed), the card's
+    data section and the training steps. Two checkpoints are twins when these are equal and the classifiers
+    differ. None when the card records no config."""
+    cfg = meta.get("config")
+    if not isinstance(cfg, dict):
+        return None
+    cfg = json.loads(json.dumps(cfg))  # a deep copy of plain JSON
+    model = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
+    for key in ("classifier", "classifier_options", "pretrained"):
+        model.pop(key, None)
+    runtime = cfg.get("runtime") if isinstance(cfg.get("runtime"), dict) else {}
+    for key in _EXECUTION_ONLY:
+        runtime.pop(key, None)
+    cfg.pop("name", None)
+    key = {
+        "model": meta.get("model"),
+        "classes": meta.get("class_names"),
+        "config": cfg,
+        "data": meta.get("data"),
+        "steps": meta.get("steps", meta.get("step")),
+    }
+    return json.dumps(key, sort_keys=True)
 
 
 def card_classes(meta: Mapping[str, Any]) -> Classes:

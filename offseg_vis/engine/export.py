@@ -21,7 +21,6 @@ from offseg_vis.errors import CheckpointError
 from offseg_vis.models.cost import count_gmacs, count_parameters
 from offseg_vis.models.weights import save_weights
 
-
 RESUME_GAP_S = 900.0  # a silence this long between log lines is a stop and a resume, not training time
 
 

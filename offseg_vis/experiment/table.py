@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from offseg_vis.analysis.stats import finite_values, t_interval
 from offseg_vis.experiment.arms import DEFAULT_GRID, SCENES, VARIANTS, Arm
 from offseg_vis.experiment.budget import DEFAULT_CONFIG, DEFAULT_RESULTS, Budget
 from offseg_vis.experiment.record import RunRecord
@@ -67,35 +68,16 @@ class BudgetSummary:
     commits: list[str]
 
 
-def _finite(xs: Iterable[float | None]) -> list[float]:
-    return [float(x) for x in xs if x is not None and math.isfinite(x)]
-
-
 def _mean(xs: Iterable[float | None]) -> float:
     """Mean of the finite values (NaN when there are none)."""
-    xs = _finite(xs)
+    xs = finite_values(xs)
     return statistics.fmean(xs) if xs else math.nan
 
 
 def _std(xs: Iterable[float | None]) -> float:
     """Sample standard deviation of the finite values (NaN for fewer than two)."""
-    xs = _finite(xs)
+    xs = finite_values(xs)
     return statistics.stdev(xs) if len(xs) > 1 else math.nan
-
-
-def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
-    """Two-sided ``level`` confidence interval of the mean of ``values`` (Student t, n - 1 df).
-
-    None when there are fewer than two values (no spread to estimate).
-    """
-    from scipy.stats import t as student_t  # imported here: scipy.stats is heavy, needed only for intervals
-
-    xs = _finite(values)
-    if len(xs) < 2:
-        return None
-    half = student_t.ppf(0.5 + level / 2, len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs))
-    m = statistics.fmean(xs)
-    return (m - half, m + half)
 
 
 def code_version(record: RunRecord) -> tuple[str | None, str | None]:
