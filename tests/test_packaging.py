@@ -57,8 +57,8 @@ def test_wheel_holds_every_module_recipe_checkpoint_and_example(wheel):
     recipes = _package_files("configs/*.yaml")
     assert "offseg_vis/configs/offseg-mbv2_fashion-scenes.yaml" in recipes and len(recipes) >= 13
     assert not set(recipes) - names
-    shipped = [f"offseg_vis/checkpoints/offseg-mbv2_{c}.{ext}" for c in ("offset", "linear")
-               for ext in ("safetensors", "json")]  # fmt: skip
+    pairs = ("offset", "linear", "offset-looks", "linear-looks")  # plain FashionScenes and the +looks preset
+    shipped = [f"offseg_vis/checkpoints/offseg-mbv2_{c}.{ext}" for c in pairs for ext in ("safetensors", "json")]
     assert not set(shipped) - names
     examples = _package_files("app/examples/*")
     assert len(examples) >= 2 and not set(examples) - names
@@ -66,8 +66,9 @@ def test_wheel_holds_every_module_recipe_checkpoint_and_example(wheel):
     with zipfile.ZipFile(wheel) as z:
         for member in recipes + shipped + examples:
             assert z.read(member) == (REPO / member).read_bytes(), member
-    data_mb = sum(zipfile.ZipFile(wheel).getinfo(m).file_size for m in recipes + shipped) / 1e6
-    assert data_mb <= 10.0  # the budget for shipped data
+    sizes = {m: zipfile.ZipFile(wheel).getinfo(m).file_size / 1e6 for m in recipes + shipped + examples}
+    assert max(sizes[m] for m in shipped) <= 10.0  # each checkpoint float16 and at most 10 MB
+    assert sum(sizes.values()) <= 20.0  # two pairs of checkpoints, recipes and gallery: a lean package
 
 
 def test_installed_copy_resolves_recipes_and_checkpoints_from_its_package_data(wheel, tmp_path):
