@@ -42,6 +42,7 @@ def _number(page: str, pattern: str) -> float:
     return float(re.search(pattern, page).group(1).replace(",", ""))
 
 
+@pytest.mark.numeric
 def test_twin_page_counts_match_a_pixel_loop_and_scipy_intervals(tmp_path, capsys):
     out = tmp_path / "twin.md"
     assert (
@@ -79,6 +80,7 @@ def test_twin_page_counts_match_a_pixel_loop_and_scipy_intervals(tmp_path, capsy
     assert "offseg analyse twin" in page and str(tmp_path) not in page.split("`")[0]
 
 
+@pytest.mark.numeric
 def test_t_interval_is_scipys_one_sample_interval():
     values = [3.0, -1.5, 2.25, 7.0, 0.5]
     want = stats.ttest_1samp(values, 0.0).confidence_interval(0.95)
