@@ -110,4 +110,6 @@ print(json.dumps({
     assert got["notebook"] == "offseg-mbv2"
     assert got["model"] == ["offseg-mbv2_fashion-scenes", "offseg-mbv2", "fashion-scenes"]
     assert [Path(p) for p in got["checkpoints"]] == [installed / "checkpoints"] * 3
-    assert got["app_finds"] == ["offseg-mbv2_linear.safetensors", "offseg-mbv2_offset.safetensors"]
+    assert got["app_finds"] == [
+        f"offseg-mbv2_{c}.safetensors" for c in ("linear-looks", "linear", "offset-looks", "offset")
+    ]  # sorted by name
