@@ -73,6 +73,7 @@ def plot_curve(arm: str, points: Sequence[CurvePoint], path: str | os.PathLike |
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
     xs = [p.iters for p in points]
@@ -83,8 +84,13 @@ def plot_curve(arm: str, points: Sequence[CurvePoint], path: str | os.PathLike |
     ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o-", capsize=4, label="mean Δ, 95 % CI (t)")
     for p in points:
         ax.scatter([p.iters] * p.n, [100 * d for _, d in p.seed_deltas], s=12, color="0.35", zorder=3)
+    for p in points:
+        if p.ci is None:  # say so rather than draw a point that looks exact
+            ax.annotate(f"n = {p.n}, no CI", (p.iters, 100 * p.delta_mean), textcoords="offset points",
+                        xytext=(-4, 8), ha="right", fontsize=7)  # fmt: skip
     ax.set_xscale("log")
-    ax.set_xticks(xs, [str(x) for x in xs])
+    ax.set_xticks(xs, [f"{x:,}" for x in xs])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # only the budgets, no 6×10² etc.
     ax.set_xlabel("training iterations (batch 16)")
     ax.set_ylabel("Δ val mIoU vs per-pixel (points)")
     ax.set_title(f"{arm}: paired difference vs budget", fontsize=10)
