@@ -146,6 +146,7 @@ def test_unknown_config_name_lists_the_shipped_names():
         resolve_config("elsewhere/offseg-t_ade20k.yaml")  # a path elsewhere never means a shipped recipe
 
 
-def test_shipped_checkpoints_dir_holds_both_checkpoints_and_cards():
+def test_shipped_checkpoints_dir_holds_both_pairs_and_their_cards():
     files = sorted(p.name for p in shipped_checkpoints_dir().iterdir())
-    assert files == [f"offseg-mbv2_{c}.{ext}" for c in ("linear", "offset") for ext in ("json", "safetensors")]
+    pairs = ("linear", "offset", "linear-looks", "offset-looks")  # plain FashionScenes and the +looks preset
+    assert files == sorted(f"offseg-mbv2_{c}.{ext}" for c in pairs for ext in ("json", "safetensors"))
