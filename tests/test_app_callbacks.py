@@ -233,6 +233,10 @@ def test_every_model_is_paired_with_the_twin_of_its_own_setting(ctx):
         assert twin is not None and twin.classifier != model.classifier, how
         assert card_scene_preset(twin.card) == card_scene_preset(model.card)
         assert twin.path.name.replace("linear", "offset") == model.path.name.replace("linear", "offset")
+        preset = card_scene_preset(model.card)
+        assert (f"fashion-scenes +{preset} (class_style 1, classes_per_scene 2)" in model.card_markdown()) == (
+            preset == "looks"
+        )  # the card names the scenes its mIoU was measured on
 
 
 def test_card_scene_preset_reads_the_val_scenes_of_the_card():
