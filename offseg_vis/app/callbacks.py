@@ -25,8 +25,9 @@ from offseg_vis.app import pixels, render
 from offseg_vis.app.embedding_budget import EmbeddingSettings, UmapTimer
 from offseg_vis.app.examples import EXAMPLES_DIR, ExampleMasks, example_label, scene_preset
 from offseg_vis.app.inputs import InputLimits, load_image
-from offseg_vis.app.models import AppModel, ModelRegistry, card_scene_preset
+from offseg_vis.app.models import AppModel, ModelRegistry
 from offseg_vis.app.pixels import ImageMap
+from offseg_vis.engine.checkpoint import card_scene_preset
 from offseg_vis.errors import InputError
 
 EMBEDDING_METHODS = ("auto", "umap", "pca")
