@@ -75,6 +75,16 @@ def test_twin_page_counts_match_a_pixel_loop_and_scipy_intervals(tmp_path, capsy
     tol = 0.05 if exact else 2.0  # printed to 0.1 px; a tied pixel moves one image's difference by 1
     assert float(bounds.group(1)) == pytest.approx(want.low, abs=tol)
     assert float(bounds.group(2)) == pytest.approx(want.high, abs=tol)
+    # mIoU from per-class set counts (classes seen in label or prediction, the mmseg protocol)
+    for pred, position in ((ol, 1), (lin, 2)):
+        ious = []
+        for c in range(11):
+            inter = sum(int(((p == c) & (g == c)).sum()) for p, g in zip(pred, labels))
+            union = sum(int((((p == c) & (g != 255)) | (g == c)).sum()) for p, g in zip(pred, labels))
+            if union:
+                ious.append(inter / union)
+        got = float(re.search(r"mIoU on these scenes ([\d.]+) % vs ([\d.]+) %", page).group(position))
+        assert got == pytest.approx(100 * np.mean(ious), abs=0.006 if exact else 0.1)
     assert "The cards record the same recipe, data, seed and training steps (twins)." in page
     assert "val scenes 0..5 (generator 2.0, seed 0, size 128, style 0.5)" in page
     assert "offseg analyse twin" in page

@@ -29,6 +29,7 @@ import numpy as np
 from torch import nn
 
 from offseg_vis.analysis.compare import OUTCOME_CODES, OUTCOME_LABELS, OUTCOMES, TwinComparison, compare_to_baseline
+from offseg_vis.analysis.corrections import probes_confusion
 from offseg_vis.analysis.misalignment import (
     DEFAULT_RCONDS,
     DEFAULT_RIDGES,
@@ -38,7 +39,8 @@ from offseg_vis.analysis.misalignment import (
     misalignment_sweep,
     stable_orderings,
 )
-from offseg_vis.analysis.probe import IGNORE_INDEX, probe
+from offseg_vis.analysis.probe import probe
+from offseg_vis.analysis.scores import mean_iou
 from offseg_vis.analysis.stats import t_interval
 from offseg_vis.data.fashion_scenes import GENERATOR_VERSION
 from offseg_vis.errors import CheckpointError, InputError
@@ -261,19 +263,11 @@ def run_twin(args: argparse.Namespace) -> int:
     offset_probes = probe(pair.offset_model, pair.images, pair.labels, need=need)
     linear_probes = probe(pair.linear_model, pair.images, pair.labels, need=need)
     twin = compare_to_baseline(offset_probes, linear_probes, names)
-    mious = (_miou(offset_probes), _miou(linear_probes))
+    mious = (mean_iou(probes_confusion(offset_probes)), mean_iou(probes_confusion(linear_probes)))
     seconds = time.perf_counter() - start
     page = twin_page(twin, mious, _command("twin", args, []), f"{pair.used} {pair.pairing}", seconds)
     _emit(page, args.out, pair.used)
     return 0
-
-
-def _miou(probes) -> float:
-    """mIoU of the probes' predictions over all their labelled pixels (one confusion matrix)."""
-    from offseg_vis.analysis.scores import confusion_matrix, mean_iou
-
-    k = probes[0].num_classes
-    return mean_iou(sum(confusion_matrix(p.prediction, p.label, k, IGNORE_INDEX) for p in probes))
 
 
 def twin_page(twin: TwinComparison, mious: tuple[float, float], command: str, used: str, seconds: float) -> str:

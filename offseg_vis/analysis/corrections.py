@@ -194,6 +194,25 @@ def corrections_table(maps: Sequence[CorrectionMap], class_names: Sequence[str] 
     return "\n".join(lines)
 
 
+def probes_confusion(
+    probes: Sequence[ImageProbe], before_offsets: bool = False, ignore_index: int = IGNORE_INDEX
+) -> np.ndarray:
+    """(K, K) int64 confusion matrix (rows: label, columns: prediction) summed over the labelled probes.
+
+    ``before_offsets`` scores the ablation's predictions (ΔW = ΔE = 0) instead of the model's own.
+    """
+    from offseg_vis.analysis.scores import confusion_matrix
+
+    labelled = [p for p in probes if p.label is not None]
+    if not labelled:
+        raise InputError("Scoring predictions needs probes with labels; these probes were made without any.")
+    k = labelled[0].num_classes
+    return sum(
+        confusion_matrix(p.prediction_before_offsets if before_offsets else p.prediction, p.label, k, ignore_index)
+        for p in labelled
+    )
+
+
 def offset_effect(probes: Sequence[ImageProbe], ignore_index: int = IGNORE_INDEX) -> dict[str, float]:
     """mIoU and pixel accuracy of the predictions without and with the offsets, over labelled probes.
 
@@ -201,14 +220,10 @@ def offset_effect(probes: Sequence[ImageProbe], ignore_index: int = IGNORE_INDEX
     classifier uses norm(E·Wᵀ) only; a model trained with offsets was never asked to work that way, so
     the gap says how much its predictions rely on the offsets.
     """
-    from offseg_vis.analysis.scores import confusion_matrix, mean_iou, pixel_accuracy
+    from offseg_vis.analysis.scores import mean_iou, pixel_accuracy
 
-    labelled = [p for p in probes if p.label is not None]
-    if not labelled:
-        raise InputError("offset_effect needs probes with labels.")
-    k = labelled[0].num_classes
-    before = sum(confusion_matrix(p.prediction_before_offsets, p.label, k, ignore_index) for p in labelled)
-    after = sum(confusion_matrix(p.prediction, p.label, k, ignore_index) for p in labelled)
+    before = probes_confusion(probes, before_offsets=True, ignore_index=ignore_index)
+    after = probes_confusion(probes, ignore_index=ignore_index)
     return {
         "mIoU_before": mean_iou(before),
         "mIoU_after": mean_iou(after),
