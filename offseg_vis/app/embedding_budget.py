@@ -104,9 +104,18 @@ class UmapTimer:
         if predicted is None:
             why = f"UMAP is unavailable ({self.error})" if self.error else "UMAP is still warming up"
             return "pca", f"PCA, because {why}; choose UMAP to wait for it."
-        if predicted <= self.settings.fit_share * budget:
-            return "umap", f"UMAP (expected {predicted:.1f} s, within the {budget:g} s budget)."
-        return "pca", f"PCA, because UMAP would take about {predicted:.1f} s on this machine right now."
+        limit = self.settings.fit_share * budget
+        share = (
+            f"{limit:.1f} s ({100 * self.settings.fit_share:.0f} % of the {budget:g} s budget; "
+            "the rest is sampling and drawing)"
+        )
+        if predicted <= limit:
+            return "umap", f"UMAP (expected {predicted:.1f} s, within the {share})."
+        return (
+            "pca",
+            f"PCA, because UMAP would take about {predicted:.1f} s on this machine right now, more than the {share} "
+            "its fit may use; choose UMAP to wait for it.",
+        )
 
 
 def calibration_pixels(points: int, dims: int = 128, classes: int = 8, seed: int = 0):
