@@ -49,10 +49,7 @@ CLASSES, PALETTE = nb.class_names(), nb.palette()
 S
 
 # %%
-offset = nb.load_or_train("offset")
-linear = nb.load_or_train("linear")
-print("offset:", offset.source)
-print("linear:", linear.source)
+offset, linear = nb.load_twins()  # refuses a pair whose cards record different recipes
 
 # %%
 from offseg_vis.analysis import compare_to_baseline, misalignment_suite, per_class_table, probe, summary_table

@@ -42,10 +42,7 @@ S
 # %%
 from offseg_vis.analysis import compare_to_baseline, correction_map, corrections_table, offset_effect, probe
 
-offset = nb.load_or_train("offset")
-linear = nb.load_or_train("linear")
-print("offset:", offset.source)
-print("linear (the twin):", linear.source)
+offset, linear = nb.load_twins()  # refuses a pair whose cards record different recipes
 images, labels, names = nb.val_samples(S.n_images)
 probes = probe(offset.model, images, labels)
 twin_probes = probe(linear.model, images, labels, need={"prediction"})
@@ -67,10 +64,7 @@ print(twin.table())
 # recipe, data and seed in each pair), and is compared here on the `+looks` val scenes.
 
 # %%
-looks_offset = nb.load_or_train("offset", preset="looks")
-looks_linear = nb.load_or_train("linear", preset="looks")
-print("offset:", looks_offset.source)
-print("linear (the twin):", looks_linear.source)
+looks_offset, looks_linear = nb.load_twins(preset="looks")
 looks_images, looks_labels, _ = nb.val_samples(S.n_images, preset="looks")
 looks_twin = compare_to_baseline(
     probe(looks_offset.model, looks_images, looks_labels, need={"prediction"}),

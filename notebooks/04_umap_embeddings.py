@@ -38,10 +38,7 @@ S
 # %%
 from offseg_vis.analysis import embed_pixels, probe
 
-offset = nb.load_or_train("offset")
-linear = nb.load_or_train("linear")
-print("offset:", offset.source)
-print("linear:", linear.source)
+offset, linear = nb.load_twins()
 images, labels, names = nb.val_samples(S.n_images)
 data_key = f"fashion-scenes-val[:{S.n_images}]"
 offset_probes = probe(offset.model, images, labels)

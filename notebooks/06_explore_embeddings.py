@@ -42,9 +42,7 @@ N_IMAGES, MAX_PIXELS, METHOD = (8, 3000, "pca") if s.fast else (160, 100_000, "u
 print(f"{'fast' if s.fast else 'full'} mode: {N_IMAGES} validation scenes, up to {MAX_PIXELS:,} pixels, {METHOD}")
 
 # %%
-offset = ns.load_or_train("offset")
-twin = ns.load_or_train("linear")
-print(f"Offset Learning: {offset.source}\ntwin (per-pixel): {twin.source}")
+offset, twin = ns.load_twins()
 images, labels, names = ns.val_samples(N_IMAGES)
 need = {"features", "refined_features", "class_embed", "refined_class_embed"}
 probes = probe(offset.model, images, labels, need=need)

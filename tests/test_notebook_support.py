@@ -53,3 +53,26 @@ def test_a_scene_preset_gives_that_presets_val_scenes_and_checkpoint_name():
     assert ns.checkpoint_name("linear") == "offseg-mbv2_linear"
     with pytest.raises(ValueError, match="Unknown scene preset 'look'"):
         ns.val_samples(1, preset="look")
+
+
+def test_load_twins_loads_each_settings_pair_and_refuses_a_non_twin(monkeypatch, tmp_path, capsys):
+    from offseg_vis.engine.checkpoint import recipe_key
+    from offseg_vis.errors import CheckpointError
+    from offseg_vis.models.weights import save_weights
+
+    for preset in ("", "looks"):
+        offset, linear = ns.load_twins(preset=preset)
+        assert (offset.card["classifier"], linear.card["classifier"]) == ("offset", "linear")
+        assert offset.path.name == f"{ns.checkpoint_name('offset', preset)}.safetensors"
+        assert linear.path.name == f"{ns.checkpoint_name('linear', preset)}.safetensors"
+        assert recipe_key(offset.card) == recipe_key(linear.card) is not None
+    assert capsys.readouterr().out.count("(twins).") == 2
+    # a linear model of the +looks recipe beside the plain offset model: same classifiers, not twins
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for classifier, preset in (("offset", ""), ("linear", "looks")):
+        run = ns.load_or_train(classifier, preset=preset)
+        save_weights(run.model, folder / ns.checkpoint_name(classifier), metadata=run.card)
+    monkeypatch.setattr(ns, "checkpoints_dir", lambda: folder)
+    with pytest.raises(CheckpointError, match="are not twins"):
+        ns.load_twins()

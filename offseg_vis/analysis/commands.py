@@ -98,27 +98,14 @@ def load_twin_pair(offset: str, linear: str, n: int, start: int, command: str) -
         CheckpointError: the classifiers are not (offset, linear), or the cards record different recipes.
         InputError: more scenes asked for than the val set has.
     """
-    from offseg_vis.engine.checkpoint import load_model, recipe_key
+    from offseg_vis.engine.checkpoint import load_model, twin_pairing
     from offseg_vis.models.weights import weights_path
 
     offset_model, offset_meta = load_model(offset)
     linear_model, linear_meta = load_model(linear)
-    if offset_meta.get("classifier") != "offset" or linear_meta.get("classifier") != "linear":
-        raise CheckpointError(
-            f"offseg analyse {command} takes the Offset Learning checkpoint first and its per-pixel twin second; "
-            f"the cards say {offset_meta.get('classifier')!r} and {linear_meta.get('classifier')!r}."
-        )
-    keys = recipe_key(offset_meta), recipe_key(linear_meta)
-    if None in keys:
-        pairing = "Paired by hand: a card records no training recipe, so they may not be twins."
-    elif keys[0] != keys[1]:
-        raise CheckpointError(
-            f"{weights_path(offset).name} and {weights_path(linear).name} are not twins: their cards record "
-            "different recipes, data, seeds or training steps. Pass checkpoints trained alike except for the "
-            "classifier (e.g. the two halves of one experiment pair)."
-        )
-    else:
-        pairing = "The cards record the same recipe, data, seed and training steps (twins)."
+    pairing = twin_pairing(
+        offset_meta, linear_meta, weights_path(offset).name, weights_path(linear).name, f"offseg analyse {command}"
+    )
     images, labels, scenes = _val_scenes(offset_meta, n, start)
     used = f"Checkpoints `{weights_path(offset).name}` and `{weights_path(linear).name}`; {scenes}."
     return TwinPair(offset_model, linear_model, offset_meta, linear_meta, images, labels, used, pairing)

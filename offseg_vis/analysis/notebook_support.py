@@ -252,6 +252,21 @@ def load_or_train(classifier: str = "offset", fast: bool | None = None, preset: 
     return _notebook_model(weights, note, True)
 
 
+def load_twins(fast: bool | None = None, preset: str = "") -> tuple[NotebookModel, NotebookModel]:
+    """The Offset Learning model of ``preset`` and its per-pixel twin (:func:`load_or_train` each), checked to
+    be twins from their cards; prints where each came from and how they were paired.
+
+    Raises:
+        CheckpointError: the two cards record different recipes, data, seeds or training steps.
+    """
+    from offseg_vis.engine.checkpoint import twin_pairing
+
+    offset, linear = load_or_train("offset", fast, preset), load_or_train("linear", fast, preset)
+    pairing = twin_pairing(offset.card, linear.card, offset.path.name, linear.path.name, "load_twins")
+    print(f"Offset Learning: {offset.source}\nper-pixel twin: {linear.source}\n{pairing}")
+    return offset, linear
+
+
 def val_config(n: int, preset: str = "") -> Config:
     """The notebooks' recipe (``DEFAULT_CONFIG``) with its val split cut to the first ``n`` scenes (of the
     scene preset ``preset``), quiet."""

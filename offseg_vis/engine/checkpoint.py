@@ -219,6 +219,31 @@ def recipe_key(meta: dict) -> str | None:
     return json.dumps(key, sort_keys=True)
 
 
+def twin_pairing(offset_meta: dict, linear_meta: dict, offset_name: str, linear_name: str, who: str) -> str:
+    """Check that two cards are an Offset Learning model and its per-pixel twin; return a sentence saying how
+    they were paired (for the page or printout that compares them).
+
+    Raises:
+        CheckpointError: the classifiers are not (offset, linear), or the cards record different recipes.
+    """
+    if offset_meta.get("classifier") != "offset" or linear_meta.get("classifier") != "linear":
+        raise CheckpointError(
+            f"{who} takes the Offset Learning checkpoint first and its per-pixel twin second; "
+            f"the cards of {offset_name} and {linear_name} say {offset_meta.get('classifier')!r} and "
+            f"{linear_meta.get('classifier')!r}."
+        )
+    keys = recipe_key(offset_meta), recipe_key(linear_meta)
+    if None in keys:
+        return "Paired by hand: a card records no training recipe, so they may not be twins."
+    if keys[0] != keys[1]:
+        raise CheckpointError(
+            f"{offset_name} and {linear_name} are not twins: their cards record different recipes, data, seeds "
+            "or training steps. Pass checkpoints trained alike except for the classifier (e.g. the two halves "
+            "of one experiment pair)."
+        )
+    return "The cards record the same recipe, data, seed and training steps (twins)."
+
+
 def card_classes(meta: Mapping[str, Any]) -> Classes:
     """Class names (K,), palette (K, 3) and a sentence saying where they came from, for a card.
 
