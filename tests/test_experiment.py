@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from offseg_vis import experiment as ex
 from offseg_vis.cli import main
 from offseg_vis.errors import ConfigError
-from offseg_vis.experiment.curve import budget_curve, format_curve
+from offseg_vis.experiment.curve import budget_changes, budget_curve, format_curve
 
 # A tiny but real budget: 3 steps of batch 2 on 32 px scenes, 8 val scenes (built in a tmp folder).
 TINY = dict(iters=3, batch_size=2, size=32, val_scenes=8, train_scenes=8)
@@ -490,6 +491,15 @@ def test_budget_curve_orders_budgets_by_length_and_keeps_one_setup(tmp_path, cap
     # seed deltas n/1000 and n/500: mean 1.5 n / 1000
     assert [p.delta_mean for p in points] == [pytest.approx(1.5 * n / 1000) for n in (10, 20, 30)]
     assert "| 20 | +3.00 |" in format_curve("offset@0.5+looks", points)
+    # Δ(n) − Δ(30) per seed: seed 0 (n − 30)/1000, seed 1 (n − 30)/500; scipy's one-sample t interval
+    changes = budget_changes(points)
+    assert [c.iters for c in changes] == [(10, 30), (20, 30)]
+    for c, n in zip(changes, (10, 20)):
+        want = [(n - 30) / 1000, (n - 30) / 500]
+        assert [d for _, d in c.seed_changes] == pytest.approx(want)
+        ci = stats.ttest_1samp(want, 0.0).confidence_interval(0.95)
+        assert c.mean == pytest.approx(sum(want) / 2) and c.ci == pytest.approx((ci.low, ci.high))
+    assert "| 10 → 30 | -3.00 | [-15.71, +9.71] | 2 | 0: -2.00, 1: -4.00 |" in format_curve("offset@0.5+looks", points)
     # with the other set-up present, the curve follows the longest budget's set-up only
     assert [p.iters for p in budget_curve(summaries, "offset@0.5+looks")] == [40]
 
