@@ -93,6 +93,7 @@ from offseg_vis.experiment.runner import (
 from offseg_vis.experiment.table import (
     ArmSummary,
     BudgetSummary,
+    format_ablations,
     format_doc,
     format_table,
     grid_command,
@@ -148,6 +149,7 @@ __all__ = [
     "ArmSummary",
     "BudgetSummary",
     "format_doc",
+    "format_ablations",
     "format_table",
     "grid_command",
     "summarise",

@@ -29,6 +29,9 @@ class ArmSummary:
     Attributes:
         delta_mean, delta_std, n_pairs: arm minus ``linear`` at the same style, per shared seed.
         seed_deltas: those differences, seed by seed: [(seed, delta), ...].
+        straddling: seeds whose arm and ``linear`` runs were made by different code (not paired).
+        full_deltas, full_straddling: the same against the full Offset Learning arm (``offset`` at the
+            same style and preset), for ablations only (:attr:`is_ablation`).
     """
 
     arm: str
@@ -46,6 +49,8 @@ class ArmSummary:
     loss_mean: float | None
     seed_deltas: list[tuple[int, float]] = field(default_factory=list)
     straddling: list[int] = field(default_factory=list)
+    full_deltas: list[tuple[int, float]] = field(default_factory=list)
+    full_straddling: list[int] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -56,6 +61,11 @@ class ArmSummary:
         """95 % confidence interval of the mean paired difference (t, n - 1 df); None for n < 2."""
         deltas = [d for _, d in self.seed_deltas]
         return t_interval(deltas)
+
+    @property
+    def is_ablation(self) -> bool:
+        """An Offset Learning variant other than the full model (an ablation or our own variant)."""
+        return _is_ablation(self.variant)
 
 
 @dataclass
@@ -146,25 +156,49 @@ def summarise(records: Iterable[RunRecord]) -> list[BudgetSummary]:
     return out
 
 
+def _paired(
+    by_seed: dict[int, list[RunRecord]], baseline: dict[int, list[RunRecord]]
+) -> tuple[list[tuple[int, float]], list[int], dict[int, RunRecord]]:
+    """Seed-paired differences of an arm against a baseline arm, made by the same code.
+
+    Returns ([(seed, arm − baseline mIoU)], seeds whose runs straddle code versions, {seed: the arm's
+    paired run}).
+    """
+    paired: list[tuple[int, float]] = []
+    straddling: list[int] = []
+    chosen: dict[int, RunRecord] = {}
+    for s in sorted(by_seed):
+        if s not in baseline:
+            continue
+        pair = _pair(by_seed[s], baseline[s])
+        if pair is None:
+            straddling.append(s)
+            continue
+        chosen[s] = pair[0]
+        paired.append((s, pair[0].val.mIoU - pair[1].val.mIoU))
+    return paired, straddling, chosen
+
+
+def _is_ablation(variant: str) -> bool:
+    """An Offset Learning variant other than the full model (a paper ablation or our own variant)."""
+    spec = VARIANTS.get(variant)
+    return spec is not None and spec.classifier == "offset" and variant != "offset"
+
+
 def _summarise_arm(arm_id: str, by_seed: dict[int, list[RunRecord]], arms: dict) -> ArmSummary:
     first = next(iter(by_seed.values()))[0]
     style = float(first.style)
-    baseline = arms.get(Arm("linear", style, first.scene_name).id, {})
     seeds = sorted(by_seed)
     chosen = {s: by_seed[s][0] for s in seeds}
     paired: list[tuple[int, float]] = []
     straddling: list[int] = []
-    is_linear = first.variant == "linear"
-    if not is_linear:
-        for s in seeds:
-            if s not in baseline:
-                continue
-            pair = _pair(by_seed[s], baseline[s])
-            if pair is None:
-                straddling.append(s)
-                continue
-            chosen[s] = pair[0]
-            paired.append((s, pair[0].val.mIoU - pair[1].val.mIoU))
+    full_paired: list[tuple[int, float]] = []
+    full_straddling: list[int] = []
+    if first.variant != "linear":
+        paired, straddling, with_baseline = _paired(by_seed, arms.get(Arm("linear", style, first.scene_name).id, {}))
+        chosen.update(with_baseline)
+    if _is_ablation(first.variant):
+        full_paired, full_straddling, _ = _paired(by_seed, arms.get(Arm("offset", style, first.scene_name).id, {}))
     runs = [chosen[s] for s in seeds]
     deltas = [d for _, d in paired]
     losses = [r.train_loss_final for r in runs if r.train_loss_final is not None]
@@ -184,6 +218,8 @@ def _summarise_arm(arm_id: str, by_seed: dict[int, list[RunRecord]], arms: dict)
         loss_mean=_mean(losses) if losses else None,
         seed_deltas=paired,
         straddling=straddling,
+        full_deltas=full_paired,
+        full_straddling=full_straddling,
     )
 
 
@@ -228,12 +264,9 @@ def format_table(summary: BudgetSummary) -> str:
         elif row.delta_mean is None:
             delta = "no paired linear run"
         else:
-            each = ", ".join(f"{100 * d:+.2f}" for _, d in row.seed_deltas)
-            ci = row.delta_ci
-            interval = f"[{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" if ci else "[n/a]"
-            delta = f"{100 * row.delta_mean:+.2f} {interval} (n={row.n_pairs}: {each})"
+            delta = _interval_text(row.seed_deltas)
         if row.straddling:
-            delta += f"; seeds {', '.join(map(str, row.straddling))} not paired (runs at different commits)"
+            delta += _not_paired(row.straddling)
         loss = f"{row.loss_mean:.4f}" if row.loss_mean is not None else "n/a"
         params = f"{row.params / 1e6:.3f} M" if row.params else "n/a"
         lines.append(
@@ -241,6 +274,41 @@ def format_table(summary: BudgetSummary) -> str:
             f"| {_pm(row.miou_mean, row.miou_std)} | {delta} | {100 * row.aacc_mean:.2f} | {loss} "
             f"| {params} | {row.wall_mean_s / 60:.1f} min |"
         )
+    return "\n".join(lines)
+
+
+def _not_paired(seeds: list[int]) -> str:
+    """``; seed 2 not paired (...)`` or ``; seeds 0, 2 not paired (...)``."""
+    return f"; seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} not paired (runs at different commits)"
+
+
+def _interval_text(deltas: list[tuple[int, float]]) -> str:
+    """``mean [95 % CI] (n=k: each seed)`` in points."""
+    values = [d for _, d in deltas]
+    ci = t_interval(values)
+    interval = f"[{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" if ci else "[n/a]"
+    each = ", ".join(f"{100 * d:+.2f}" for d in values)
+    return f"{100 * statistics.fmean(values):+.2f} {interval} (n={len(values)}: {each})"
+
+
+def format_ablations(summary: BudgetSummary) -> str:
+    """Markdown table of each ablation against the full Offset Learning arm of its style and preset
+    (paired by seed within one code version); empty when the budget holds no ablation."""
+    rows = [r for r in summary.rows if r.is_ablation]
+    if not rows:
+        return ""
+    lines = [
+        "Ablations against the full Offset Learning model (`offset` at the same style and preset), paired by "
+        "seed at one commit:",
+        "",
+        "| arm | classifier | Δ mIoU vs full OL, points: mean [95 % CI] (n: each seed) |",
+        "|---|---|---|",
+    ]
+    for row in rows:
+        text = _interval_text(row.full_deltas) if row.full_deltas else "no paired full-OL run"
+        if row.full_straddling:
+            text += _not_paired(row.full_straddling)
+        lines.append(f"| `{row.arm}` | {_label(row.variant)} | {text} |")
     return "\n".join(lines)
 
 
@@ -286,6 +354,7 @@ def format_doc(summaries: Sequence[BudgetSummary], results: str = DEFAULT_RESULT
             "",
             format_table(s),
             "",
+            *([format_ablations(s), ""] if format_ablations(s) else []),
             f"Machine: {'; '.join(s.machines) or 'n/a'}. Git commit: {', '.join(s.commits)}.",
             "",
         ]
