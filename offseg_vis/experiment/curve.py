@@ -136,8 +136,9 @@ def plot_curve(arm: str, points: Sequence[CurvePoint], path: str | os.PathLike |
     hi = [100 * (p.ci[1] - p.delta_mean) if p.ci else 0.0 for p in points]
     ax.axhline(0.0, color="0.5", lw=0.8)
     ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o-", capsize=4, label="mean Δ, 95 % CI (t)")
-    for p in points:
-        ax.scatter([p.iters] * p.n, [100 * d for _, d in p.seed_deltas], s=12, color="0.35", zorder=3)
+    for i, p in enumerate(points):
+        seeds = [100 * d for _, d in p.seed_deltas]
+        ax.scatter([p.iters] * p.n, seeds, s=12, color="0.35", zorder=3, label="each seed" if i == 0 else None)
     for p in points:
         if p.ci is None:  # say so rather than draw a point that looks exact
             ax.annotate(f"n = {p.n}, no CI", (p.iters, 100 * p.delta_mean), textcoords="offset points",
