@@ -493,13 +493,14 @@ def test_budget_curve_orders_budgets_by_length_and_keeps_one_setup(tmp_path, cap
     assert "| 20 | +3.00 |" in format_curve("offset@0.5+looks", points)
     # Δ(n) − Δ(30) per seed: seed 0 (n − 30)/1000, seed 1 (n − 30)/500; scipy's one-sample t interval
     changes = budget_changes(points)
-    assert [c.iters for c in changes] == [(10, 30), (20, 30)]
+    assert [(c.a, c.b) for c in changes] == [("10 it", "30 it"), ("20 it", "30 it")]
     for c, n in zip(changes, (10, 20)):
         want = [(n - 30) / 1000, (n - 30) / 500]
-        assert [d for _, d in c.seed_changes] == pytest.approx(want)
+        assert [d for _, d in c.seed_values] == pytest.approx(want)
         ci = stats.ttest_1samp(want, 0.0).confidence_interval(0.95)
         assert c.mean == pytest.approx(sum(want) / 2) and c.ci == pytest.approx((ci.low, ci.high))
-    assert "| 10 → 30 | -3.00 | [-15.71, +9.71] | 2 | 0: -2.00, 1: -4.00 |" in format_curve("offset@0.5+looks", points)
+    line = "| Δ(10 it) − Δ(30 it) | -3.00 | [-15.71, +9.71] | 2 | 0: -2.00, 1: -4.00 |"
+    assert line in format_curve("offset@0.5+looks", points)
     # with the other set-up present, the curve follows the longest budget's set-up only
     assert [p.iters for p in budget_curve(summaries, "offset@0.5+looks")] == [40]
 
@@ -507,6 +508,10 @@ def test_budget_curve_orders_budgets_by_length_and_keeps_one_setup(tmp_path, cap
     assert main(["experiment", "--table", "--results", str(path), "--doc", str(doc),
                  "--curve", "offset@0.5+looks"]) == 0  # fmt: skip
     assert "## Budget curve of `offset@0.5+looks`" in doc.read_text()
+    # Δ(+looks) − Δ(plain) per seed: no plain runs in this file, so the section says so
+    assert main(["experiment", "--table", "--results", str(path), "--doc", str(doc),
+                 "--contrast", "offset@0.5+looks", "offset@0.5"]) == 0  # fmt: skip
+    assert "No budget in" in doc.read_text() and "`offset@0.5+looks` and `offset@0.5`" in doc.read_text()
     assert (figures / "experiment_budget_offset_style0.5+looks.png").stat().st_size > 1000
 
 
@@ -562,3 +567,30 @@ def test_ablations_are_paired_with_the_full_model_of_their_style_and_commit(tmp_
     assert "no paired full-OL run; seed 0 not paired (runs at different commits)" in text
     assert "`offset@1`" not in text and "`offset@0.5` |" not in text
     assert text in ex.format_doc([summary])
+
+
+def test_contrast_pairs_two_arms_gains_by_seed_within_each_budget(tmp_path, capsys):
+    from offseg_vis.experiment.contrast import arm_contrast
+
+    longer = dataclasses.replace(TABLE_BUDGET, iters=20)
+    path = tmp_path / "r.jsonl"
+    gains = {"offset@0.5+looks": (0.05, 0.03, 0.04), "offset@0.5": (0.01, 0.02, -0.01)}
+    for arm, deltas in gains.items():
+        base = arm.replace("offset", "linear")
+        for seed, d in enumerate(deltas):
+            ex.append_result(path, record(base, seed, 0.5 + seed / 100))
+            ex.append_result(path, record(arm, seed, 0.5 + seed / 100 + d))
+    ex.append_result(path, record("linear@0.5", 0, 0.4, budget=longer))  # only one arm there: no contrast
+    ex.append_result(path, record("offset@0.5", 0, 0.41, budget=longer))
+    found = arm_contrast(ex.summarise(ex.read_results(path)), "offset@0.5+looks", "offset@0.5")
+    want = [0.05 - 0.01, 0.03 - 0.02, 0.04 + 0.01]
+    assert [iters for iters, _ in found] == [10]
+    (c,) = [c for _, c in found]
+    assert [v for _, v in c.seed_values] == pytest.approx(want)
+    ci = stats.ttest_1samp(want, 0.0).confidence_interval(0.95)
+    assert c.ci == pytest.approx((ci.low, ci.high)) and c.n == 3
+    doc = tmp_path / "experiment.md"
+    assert main(["experiment", "--table", "--results", str(path), "--doc", str(doc),
+                 "--contrast", "offset@0.5+looks", "offset@0.5"]) == 0  # fmt: skip
+    row = f"| 10 | Δ(offset@0.5+looks) − Δ(offset@0.5) | +3.33 | [{100 * ci.low:+.2f}, {100 * ci.high:+.2f}] | 3 |"
+    assert row in doc.read_text()

@@ -24,6 +24,7 @@ from offseg_vis.experiment.budget import (
     DEFAULT_WORK_DIR,
     load_base,
 )
+from offseg_vis.experiment.contrast import arm_contrast, format_contrasts
 from offseg_vis.experiment.curve import budget_curve, format_curve, plot_curve
 from offseg_vis.experiment.results import read_results
 from offseg_vis.experiment.runner import run_grid, status
@@ -93,6 +94,15 @@ def register_experiment(sub: argparse._SubParsersAction, old_name: str | None = 
         default=None,
         help="with --table: add the paired Δ of these arms against the budget (iterations), with a figure",
     )
+    p.add_argument(
+        "--contrast",
+        nargs=2,
+        action="append",
+        metavar=("ARM_A", "ARM_B"),
+        default=None,
+        help="with --table: add Δ(ARM_A) − Δ(ARM_B) paired by seed (does the gain differ between two settings?); "
+        "may be given more than once",
+    )
     p.add_argument("--doc", default=DEFAULT_DOC, help=f"where --table writes the page (default {DEFAULT_DOC})")
     p.add_argument(
         "--analyse",
@@ -135,6 +145,8 @@ def experiment_command(args: argparse.Namespace) -> int:
         text = format_doc(summaries, args.results)
         for arm_id in args.curve or ():
             text += _curve_section(summaries, arm_id, args)
+        for a, b in args.contrast or ():
+            text += _contrast_section(summaries, a, b, args.results)
         print(text)
         if args.doc:
             atomic_write_text(args.doc, text)
@@ -155,6 +167,21 @@ def experiment_command(args: argparse.Namespace) -> int:
         return _analyse(args, base, budget, arms, seeds)
     run_grid(base, budget, arms, seeds, args.results, args.work_dir, args.keep_checkpoints)
     return 0
+
+
+def _contrast_section(summaries, a: str, b: str, results: str) -> str:
+    """Markdown section of Δ(a) − Δ(b), paired by seed, in every budget holding both arms."""
+    a, b = (arm.id for arm in parse_arms([a, b]))
+    title = f"\n## Does the gain differ between `{a}` and `{b}`?\n"
+    found = arm_contrast(summaries, a, b)
+    if not found:
+        return f"{title}\nNo budget in {results} holds seed-paired runs of both `{a}` and `{b}`.\n"
+    note = (
+        "Δ is each arm minus its own per-pixel twin; the contrast pairs the two Δs by seed. Arms of different "
+        "scene presets or styles are scored on different val sets."
+    )
+    table = format_contrasts([c for _, c in found], [iters for iters, _ in found])
+    return f"{title}\n{note}\n\n{table}\n"
 
 
 def _curve_section(summaries, arm_id: str, args: argparse.Namespace) -> str:

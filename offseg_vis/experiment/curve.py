@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from offseg_vis.analysis.stats import t_interval
+from offseg_vis.experiment.contrast import DeltaContrast, format_contrasts, paired_contrast
 from offseg_vis.experiment.table import BudgetSummary
 
 
@@ -55,42 +55,18 @@ def budget_curve(summaries: Sequence[BudgetSummary], arm: str) -> list[CurvePoin
     return sorted(points, key=lambda p: p.iters)
 
 
-@dataclass(frozen=True)
-class BudgetChange:
-    """How the paired Δ moved between two budgets, paired by seed (a seed's runs share its initialisation
-    and data stream). Fractions of mIoU.
-
-    Attributes:
-        iters: (shorter, longer) budget.
-        mean: mean over the seeds both budgets hold of Δ(shorter) − Δ(longer): > 0 means the gain shrank.
-        ci: 95 % confidence interval (t, n − 1 df), None for n < 2.
-        seed_changes: [(seed, change), ...].
-    """
-
-    iters: tuple[int, int]
-    mean: float
-    ci: tuple[float, float] | None
-    seed_changes: tuple[tuple[int, float], ...]
-
-    @property
-    def n(self) -> int:
-        return len(self.seed_changes)
-
-
-def budget_changes(points: Sequence[CurvePoint]) -> list[BudgetChange]:
-    """Every shorter budget against the longest one: Δ(shorter) − Δ(longest), paired by seed."""
+def budget_changes(points: Sequence[CurvePoint]) -> list[DeltaContrast]:
+    """Every shorter budget against the longest one: Δ(shorter) − Δ(longest), paired by seed (> 0: the gain
+    shrank with training)."""
     if len(points) < 2:
         return []
     longest = max(points, key=lambda p: p.iters)
-    last = dict(longest.seed_deltas)
     out = []
     for p in sorted(points, key=lambda q: q.iters):
-        if p is longest:
-            continue
-        changes = tuple((seed, d - last[seed]) for seed, d in p.seed_deltas if seed in last)
-        if changes:
-            values = [c for _, c in changes]
-            out.append(BudgetChange((p.iters, longest.iters), sum(values) / len(values), t_interval(values), changes))
+        if p is not longest:
+            found = paired_contrast(f"{p.iters:,} it", p.seed_deltas, f"{longest.iters:,} it", longest.seed_deltas)
+            if found is not None:
+                out.append(found)
     return out
 
 
@@ -108,16 +84,10 @@ def format_curve(arm: str, points: Sequence[CurvePoint]) -> str:
     if changes:
         lines += [
             "",
-            "Did the gain change with training? Δ at each budget minus Δ at the longest, paired by seed "
-            "(> 0: the gain shrank):",
+            "Did the gain change with training? Paired by seed (> 0: the gain shrank):",
             "",
-            "| budgets | Δ(shorter) − Δ(longer), points | 95 % CI | n | each seed |",
-            "|---|---|---|---|---|",
+            format_contrasts(changes),
         ]
-        for c in changes:
-            ci = f"[{100 * c.ci[0]:+.2f}, {100 * c.ci[1]:+.2f}]" if c.ci else "n/a"
-            each = ", ".join(f"{s}: {100 * d:+.2f}" for s, d in c.seed_changes)
-            lines.append(f"| {c.iters[0]} → {c.iters[1]} | {100 * c.mean:+.2f} | {ci} | {c.n} | {each} |")
     return "\n".join(lines)
 
 
