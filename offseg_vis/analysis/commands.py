@@ -41,7 +41,7 @@ from offseg_vis.analysis.misalignment import (
 )
 from offseg_vis.analysis.probe import probe
 from offseg_vis.analysis.scores import mean_iou
-from offseg_vis.analysis.stats import t_interval
+from offseg_vis.analysis.stats import format_interval, t_interval
 from offseg_vis.data.fashion_scenes import GENERATOR_VERSION
 from offseg_vis.errors import CheckpointError, InputError
 
@@ -269,8 +269,7 @@ def twin_page(twin: TwinComparison, mious: tuple[float, float], command: str, us
     acc_diff = 100 * net / np.maximum(counts.sum(1), 1)  # points of pixel accuracy, OL - twin, per image
 
     def interval(values: np.ndarray, unit: str, digits: int) -> str:
-        ci = t_interval(values.tolist())
-        bounds = f"[{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}]" if ci else "(no interval: one image)"
+        bounds = format_interval(t_interval(values.tolist()), digits=digits, missing="(no interval: one image)")
         return f"{values.mean():+.{digits}f} {unit} {bounds}"
 
     rows = ["| outcome | pixels | share of labelled |", "|---|---:|---:|"]

@@ -28,3 +28,10 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, flo
     half = student_t.ppf(0.5 + level / 2, len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs))
     m = statistics.fmean(xs)
     return (m - half, m + half)
+
+
+def format_interval(ci: tuple[float, float] | None, scale: float = 1.0, digits: int = 2, missing: str = "n/a") -> str:
+    """``[+lo, +hi]`` of an interval times ``scale`` (signed, ``digits`` decimals), or ``missing`` for None."""
+    if ci is None:
+        return missing
+    return f"[{scale * ci[0]:+.{digits}f}, {scale * ci[1]:+.{digits}f}]"

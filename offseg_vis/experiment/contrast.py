@@ -8,7 +8,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from offseg_vis.analysis.stats import t_interval
+from offseg_vis.analysis.stats import format_interval, t_interval
 from offseg_vis.experiment.table import BudgetSummary
 
 
@@ -65,7 +65,7 @@ def format_contrasts(contrasts: Sequence[DeltaContrast], budgets: Sequence[int] 
         f"|{'---|' if budgets else ''}---|---|---|---|---|",
     ]
     for i, c in enumerate(contrasts):
-        ci = f"[{100 * c.ci[0]:+.2f}, {100 * c.ci[1]:+.2f}]" if c.ci else "n/a"
+        ci = format_interval(c.ci, 100)
         each = ", ".join(f"{s}: {100 * v:+.2f}" for s, v in c.seed_values)
         first = f" {budgets[i]} |" if budgets else ""
         lines.append(f"|{first} Δ({c.a}) − Δ({c.b}) | {100 * c.mean:+.2f} | {ci} | {c.n} | {each} |")

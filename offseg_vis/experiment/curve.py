@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from offseg_vis.analysis.stats import format_interval
 from offseg_vis.experiment.contrast import DeltaContrast, format_contrasts, paired_contrast
 from offseg_vis.experiment.table import BudgetSummary
 
@@ -77,7 +78,7 @@ def format_curve(arm: str, points: Sequence[CurvePoint]) -> str:
         "|---|---|---|---|---|",
     ]
     for p in points:
-        ci = f"[{100 * p.ci[0]:+.2f}, {100 * p.ci[1]:+.2f}]" if p.ci else "n/a"
+        ci = format_interval(p.ci, 100)
         each = ", ".join(f"{s}: {100 * d:+.2f}" for s, d in p.seed_deltas)
         lines.append(f"| {p.iters} | {100 * p.delta_mean:+.2f} | {ci} | {p.n} | {each} |")
     changes = budget_changes(points)

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from offseg_vis.analysis.stats import finite_values, t_interval
+from offseg_vis.analysis.stats import finite_values, format_interval, t_interval
 from offseg_vis.experiment.arms import DEFAULT_GRID, SCENES, VARIANTS, Arm
 from offseg_vis.experiment.budget import DEFAULT_CONFIG, DEFAULT_RESULTS, Budget
 from offseg_vis.experiment.record import RunRecord
@@ -286,7 +286,7 @@ def _interval_text(deltas: list[tuple[int, float]]) -> str:
     """``mean [95 % CI] (n=k: each seed)`` in points."""
     values = [d for _, d in deltas]
     ci = t_interval(values)
-    interval = f"[{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" if ci else "[n/a]"
+    interval = format_interval(ci, 100, missing="[n/a]")
     each = ", ".join(f"{100 * d:+.2f}" for d in values)
     return f"{100 * statistics.fmean(values):+.2f} {interval} (n={len(values)}: {each})"
 
