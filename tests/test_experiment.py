@@ -424,6 +424,9 @@ def test_pairs_form_only_within_one_commit_and_generator_version(tmp_path):
     assert off.straddling == [0, 2] and off.delta_ci is None
     assert off.miou_mean == pytest.approx((0.60 + 0.45 + 0.35) / 3)  # seed 1 counts its paired run
     assert "seeds 0, 2 not paired (runs at different commits)" in ex.format_table(summary)
+    # the baseline's mean takes each seed's run of the latest commit (seed 1 re-run at ccc: 0.42, not 0.40)
+    lin = {r.arm: r for r in summary.rows}["linear@1"]
+    assert lin.miou_mean == pytest.approx((0.50 + 0.42 + 0.30) / 3)
     # the runner's identity of a run includes both, so a straddling pair is run again
     assert ex.run_key("offset@1", 0, records[0].budget, "aaa", "2.1") != ex.run_key(
         "offset@1", 0, records[0].budget, "bbb", "2.1"

@@ -126,8 +126,8 @@ def summarise(records: Iterable[RunRecord]) -> list[BudgetSummary]:
 
     A seed's difference pairs the arm's run with the baseline's run of the same code version
     (:func:`code_version`); when several versions have both, the one appended last wins, and the
-    arm's mIoU at that seed is the paired run's. Otherwise the first run of the seed counts for the
-    mean. Records without a val mIoU are left out.
+    arm's mIoU at that seed is the paired run's. Otherwise the seed's run of the latest code version
+    counts for the mean (the first of them). Records without a val mIoU are left out.
     """
     groups: dict[str, dict[str, dict[int, list[RunRecord]]]] = {}
     budgets: dict[str, dict] = {}
@@ -179,6 +179,13 @@ def _paired(
     return paired, straddling, chosen
 
 
+def _latest_run(runs: list[RunRecord]) -> RunRecord:
+    """The seed's run of the code version appended last (its first run there): what an unpaired seed
+    contributes to its arm's mean, so a re-run pair replaces the old runs in the baseline's mean too."""
+    latest = code_version(runs[-1])
+    return next(r for r in runs if code_version(r) == latest)
+
+
 def _is_ablation(variant: str) -> bool:
     """An Offset Learning variant other than the full model (a paper ablation or our own variant)."""
     spec = VARIANTS.get(variant)
@@ -189,7 +196,7 @@ def _summarise_arm(arm_id: str, by_seed: dict[int, list[RunRecord]], arms: dict)
     first = next(iter(by_seed.values()))[0]
     style = float(first.style)
     seeds = sorted(by_seed)
-    chosen = {s: by_seed[s][0] for s in seeds}
+    chosen = {s: _latest_run(by_seed[s]) for s in seeds}
     paired: list[tuple[int, float]] = []
     straddling: list[int] = []
     full_paired: list[tuple[int, float]] = []
