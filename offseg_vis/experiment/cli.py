@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -142,7 +143,7 @@ def experiment_command(args: argparse.Namespace) -> int:
     """Entry point of ``offseg experiment``."""
     if args.table:
         summaries = summarise(read_results(args.results))
-        text = format_doc(summaries, args.results)
+        text = format_doc(summaries, args.results, _table_command(args))
         for arm_id in args.curve or ():
             text += _curve_section(summaries, arm_id, args)
         for a, b in args.contrast or ():
@@ -167,6 +168,18 @@ def experiment_command(args: argparse.Namespace) -> int:
         return _analyse(args, base, budget, arms, seeds)
     run_grid(base, budget, arms, seeds, args.results, args.work_dir, args.keep_checkpoints)
     return 0
+
+
+def _table_command(args: argparse.Namespace) -> str:
+    """The ``offseg experiment --table ...`` line that regenerates this page."""
+    parts = ["offseg", "experiment", "--table"]
+    if args.results != DEFAULT_RESULTS:
+        parts += ["--results", args.results]
+    if args.curve:
+        parts += ["--curve", *args.curve]
+    for a, b in args.contrast or ():
+        parts += ["--contrast", a, b]
+    return shlex.join(parts)
 
 
 def _contrast_section(summaries, a: str, b: str, results: str) -> str:
