@@ -17,7 +17,7 @@ class DeltaContrast:
     """Δ(a) − Δ(b) over the seeds both hold. Fractions of mIoU (0.01 = one IoU point).
 
     Attributes:
-        a, b: what the two Δs are (arm ids, or budgets as "500 iterations").
+        a, b: what the two Δs are (arm ids, or budgets such as "500 it").
         mean: mean over seeds of Δ(a) − Δ(b).
         ci: 95 % confidence interval (t, n − 1 df), None for n < 2.
         seed_values: [(seed, Δ(a) − Δ(b)), ...].
