@@ -427,6 +427,12 @@ def test_pairs_form_only_within_one_commit_and_generator_version(tmp_path):
     # the baseline's mean takes each seed's run of the latest commit (seed 1 re-run at ccc: 0.42, not 0.40)
     lin = {r.arm: r for r in summary.rows}["linear@1"]
     assert lin.miou_mean == pytest.approx((0.50 + 0.42 + 0.30) / 3)
+    # seed 1 ran at aaa and again at ccc: the re-run moved offset by +0.04 and linear by +0.02
+    assert off.rerun_shifts == [(1, pytest.approx(0.04))] and lin.rerun_shifts == [(1, pytest.approx(0.02))]
+    reruns = ex.format_reruns(summary)
+    assert "- `linear@1`: seed 1: +2.0000 (largest |change| 2.0000)" in reruns
+    assert "- `offset@1`: seed 1: +4.0000 (largest |change| 4.0000)" in reruns
+    assert reruns in ex.format_doc([summary])
     # the runner's identity of a run includes both, so a straddling pair is run again
     assert ex.run_key("offset@1", 0, records[0].budget, "aaa", "2.1") != ex.run_key(
         "offset@1", 0, records[0].budget, "bbb", "2.1"

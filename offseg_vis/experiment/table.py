@@ -32,6 +32,7 @@ class ArmSummary:
         straddling: seeds whose arm and ``linear`` runs were made by different code (not paired).
         full_deltas, full_straddling: the same against the full Offset Learning arm (``offset`` at the
             same style and preset), for ablations only (:attr:`is_ablation`).
+        rerun_shifts: seeds run at more than one code version: [(seed, latest − earliest version's mIoU)].
     """
 
     arm: str
@@ -51,6 +52,7 @@ class ArmSummary:
     straddling: list[int] = field(default_factory=list)
     full_deltas: list[tuple[int, float]] = field(default_factory=list)
     full_straddling: list[int] = field(default_factory=list)
+    rerun_shifts: list[tuple[int, float]] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -186,6 +188,11 @@ def _latest_run(runs: list[RunRecord]) -> RunRecord:
     return next(r for r in runs if code_version(r) == latest)
 
 
+def _rerun_shift(runs: list[RunRecord]) -> float:
+    """mIoU of the seed's latest code version minus its earliest one (first run of each)."""
+    return _latest_run(runs).val.mIoU - runs[0].val.mIoU
+
+
 def _is_ablation(variant: str) -> bool:
     """An Offset Learning variant other than the full model (a paper ablation or our own variant)."""
     spec = VARIANTS.get(variant)
@@ -227,6 +234,7 @@ def _summarise_arm(arm_id: str, by_seed: dict[int, list[RunRecord]], arms: dict)
         straddling=straddling,
         full_deltas=full_paired,
         full_straddling=full_straddling,
+        rerun_shifts=[(s, _rerun_shift(by_seed[s])) for s in seeds if len({code_version(r) for r in by_seed[s]}) > 1],
     )
 
 
@@ -298,6 +306,20 @@ def _interval_text(deltas: list[tuple[int, float]]) -> str:
     return f"{100 * statistics.fmean(values):+.2f} {interval} (n={len(values)}: {each})"
 
 
+def format_reruns(summary: BudgetSummary) -> str:
+    """One line per arm with seeds run again at another code version: how far the re-run moved val mIoU
+    (why pairs must share a commit); empty when nothing was re-run."""
+    rows = [r for r in summary.rows if r.rerun_shifts]
+    if not rows:
+        return ""
+    lines = ["Seeds run again at another code version (val mIoU of the latest minus the earliest, points):", ""]
+    for row in rows:
+        each = ", ".join(f"seed {seed}: {100 * d:+.4f}" for seed, d in row.rerun_shifts)
+        largest = max(abs(d) for _, d in row.rerun_shifts)
+        lines.append(f"- `{row.arm}`: {each} (largest |change| {100 * largest:.4f})")
+    return "\n".join(lines)
+
+
 def format_ablations(summary: BudgetSummary) -> str:
     """Markdown table of each ablation against the full Offset Learning arm of its style and preset
     (paired by seed within one code version); empty when the budget holds no ablation."""
@@ -366,6 +388,7 @@ def format_doc(
             format_table(s),
             "",
             *([format_ablations(s), ""] if format_ablations(s) else []),
+            *([format_reruns(s), ""] if format_reruns(s) else []),
             f"Machine: {'; '.join(s.machines) or 'n/a'}. Git commit: {', '.join(s.commits)}.",
             "",
         ]
